@@ -1,0 +1,1 @@
+"""Pluggable region-selection strategies (random, diversity, prototype, uncertainty)."""

@@ -1,0 +1,7 @@
+"""``python -m alkit`` runs the command line."""
+
+import sys
+
+from alkit.cli import main
+
+sys.exit(main())

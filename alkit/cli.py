@@ -1,0 +1,86 @@
+"""The ``alkit`` command line: a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from alkit import __version__
+from alkit.slide import SlideError
+
+log = logging.getLogger("alkit")
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from alkit.slide import Slide
+    from alkit.tissue import detect_tissue
+
+    for path in args.slides:
+        with Slide(path, mpp=args.mpp) as slide:
+            w, h = slide.dimensions
+            tissue = detect_tissue(slide)
+            info = slide.mpp_info
+            print(f"{slide.path}")
+            print(f"  vendor           {slide.vendor}")
+            print(f"  size             {w} x {h} px  ({w * slide.mpp / 1000:.2f} x {h * slide.mpp / 1000:.2f} mm)")
+            print(f"  mpp              {info.x:.4g} x {info.y:.4g} µm/px  (from {info.source})")
+            power = slide.objective_power
+            print(f"  objective        {f'{power:g}x' if power else 'unknown'}")
+            print(f"  levels           {slide.level_count}")
+            for i, ((lw, lh), ds) in enumerate(zip(slide.level_dimensions, slide.level_downsamples)):
+                print(f"    [{i}] {lw} x {lh} px  downsample {ds:.4g}  ({ds * slide.mpp:.4g} µm/px)")
+            print(f"  associated       {', '.join(slide.associated_images) or 'none'}")
+            print(f"  tissue fraction  {tissue.fraction:.3f}  (Otsu threshold {tissue.threshold:.3f} on saturation)")
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from alkit.synthetic import generate_cohort
+
+    cohort = generate_cohort(args.out, n_slides=args.slides, size=args.size, seed=args.seed,
+                             mpp=args.mpp, progress=not args.quiet)
+    tumour = sum(1 for s in cohort.slides if s.tumour_area_px > 0)
+    print(f"wrote {len(cohort.slides)} slides ({tumour} with tumour) to {args.out}/slides, "
+          f"ground truth to {args.out}/annotations, captions to {args.out}/captions")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="alkit", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"alkit {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    info = sub.add_parser("info", help="vendor, size, levels, mpp and tissue fraction of slides")
+    info.add_argument("slides", nargs="+", metavar="SLIDE")
+    info.add_argument("--mpp", type=float, default=None,
+                      help="microns per level-0 pixel, for slides whose files lack it")
+    info.set_defaults(func=_cmd_info)
+
+    synth = sub.add_parser("synth", help="write a synthetic cohort: slides, ground truth, captions")
+    synth.add_argument("out", metavar="OUT")
+    synth.add_argument("--slides", type=int, default=6, help="number of slides (default 6)")
+    synth.add_argument("--size", type=int, default=4096, help="slide side in level-0 px (default 4096)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--mpp", type=float, default=0.25, help="level-0 resolution (default 0.25 µm/px)")
+    synth.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    synth.set_defaults(func=_cmd_synth)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except SlideError as exc:
+        print(f"alkit: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+# `make demo` and `make test` each set up what they need on a fresh machine: a project .venv with
+# alkit installed in editable mode (torch/torchvision pinned in pyproject.toml).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DEMO   ?= demo_out
+export HF_HUB_OFFLINE := 1
+
+.PHONY: setup demo test clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/alkit synth $(DEMO) --slides 4 --size 4096 --seed 0
+	$(BIN)/alkit info $(DEMO)/slides/synth_000.tif
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(DEMO) .pytest_cache .hypothesis

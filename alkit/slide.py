@@ -17,6 +17,8 @@ import numpy as np
 import openslide
 from PIL import Image
 
+from alkit.errors import AlkitError
+
 log = logging.getLogger(__name__)
 
 #: A pyramid level may be used for a read when its downsample is at most this factor above the
@@ -29,7 +31,7 @@ _TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 Box = tuple[float, float, float, float]
 
 
-class SlideError(Exception):
+class SlideError(AlkitError):
     """A slide cannot be opened or read. The message names the file and the reason."""
 
     def __init__(self, path: str | os.PathLike, reason: str):

@@ -1,0 +1,131 @@
+"""Per-slide embedding stores: one HDF5 file per (slide, encoder, mpp, patch size, stride).
+
+A store holds the grid cells that were embedded (``coords``: row, col), their ``features``
+(n, C) and attributes that say exactly how they were made (encoder spec and weights id, mpp, patch,
+stride, the slide's geometry, the tissue threshold, the alkit version). Files are written to a
+temporary name and renamed, so a store on disk is always complete: an interrupted run leaves no
+half-written store, and the next run recomputes only what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from alkit import __version__
+from alkit.errors import AlkitError
+from alkit.grid import PatchGrid
+
+FORMAT_VERSION = 1
+#: attributes that must match for a store to be reused
+KEY_ATTRS = ("encoder", "weights_id", "mpp", "patch", "stride", "min_tissue", "slide_dimensions", "slide_mpp")
+
+
+class StoreError(AlkitError, ValueError):
+    """A store file is missing, unreadable or not an alkit embedding store; names the file."""
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "x"
+
+
+def store_path(out_dir: str | os.PathLike, slide_id: str, encoder: str, mpp: float, patch: int,
+               stride: int) -> Path:
+    """Where the store of one (slide, encoder, mpp, patch, stride) lives under ``out_dir``."""
+    name = f"{_slug(slide_id)}__{_slug(encoder)}__{mpp:g}mpp_{patch}px_s{stride}.h5"
+    return Path(out_dir) / name
+
+
+@dataclass(frozen=True)
+class EmbeddingStore:
+    """Embeddings of one slide's tissue cells, loaded in memory."""
+
+    path: Path
+    coords: np.ndarray  # (n, 2) int32 row, col
+    features: np.ndarray  # (n, C)
+    attrs: dict
+
+    @property
+    def grid(self) -> PatchGrid:
+        """The patch grid the coords index."""
+        a = self.attrs
+        return PatchGrid(tuple(a["slide_dimensions"]), a["slide_mpp"], a["mpp"], a["patch"], a["stride"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.features.shape[1])
+
+    def as_map(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, cols, C)`` feature map (zeros where not embedded) and its ``(rows, cols)`` validity mask."""
+        rows, cols = self.grid.shape
+        fmap = np.zeros((rows, cols, self.dim), self.features.dtype)
+        valid = np.zeros((rows, cols), bool)
+        fmap[self.coords[:, 0], self.coords[:, 1]] = self.features
+        valid[self.coords[:, 0], self.coords[:, 1]] = True
+        return fmap, valid
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> EmbeddingStore:
+        path = Path(path)
+        attrs = read_attrs(path)
+        with h5py.File(path, "r") as f:
+            return cls(path, f["coords"][()], f["features"][()], attrs)
+
+
+def read_attrs(path: str | os.PathLike) -> dict:
+    """A store's attributes; :class:`StoreError` if it is not a readable alkit store."""
+    path = Path(path)
+    if not path.is_file():
+        raise StoreError(f"{path}: no such store file")
+    try:
+        with h5py.File(path, "r") as f:
+            if "alkit" not in f.attrs:
+                raise StoreError(f"{path}: not an alkit embedding store (no 'alkit' attribute)")
+            return json.loads(f.attrs["alkit"])
+    except OSError as exc:
+        raise StoreError(f"{path}: unreadable HDF5 file: {exc}") from None
+
+
+def is_cached(path: str | os.PathLike, attrs: dict) -> bool:
+    """Whether ``path`` holds a complete store made with the same key attributes as ``attrs``."""
+    try:
+        found = read_attrs(path)
+    except StoreError:
+        return False
+    return all(_same(found.get(k), attrs.get(k)) for k in KEY_ATTRS)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        return a is not None and b is not None and abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(b)))
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def write_store(path: str | os.PathLike, coords: np.ndarray, features: np.ndarray, attrs: dict) -> Path:
+    """Write a store atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    coords = np.asarray(coords, np.int32).reshape(-1, 2)
+    features = np.asarray(features)
+    if len(coords) != len(features):
+        raise ValueError(f"{path}: {len(coords)} coords but {len(features)} feature rows")
+    full = {**attrs, "n": int(len(coords)), "dim": int(features.shape[1]) if features.ndim == 2 else 0,
+            "alkit_version": __version__, "format_version": FORMAT_VERSION}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["alkit"] = json.dumps(full)
+            f.create_dataset("coords", data=coords)
+            f.create_dataset("features", data=features)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from alkit import __version__
-from alkit.slide import SlideError
+from alkit.errors import AlkitError
 
 log = logging.getLogger("alkit")
 
@@ -47,6 +47,24 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from alkit.cohort import expand_slide_paths
+    from alkit.embed import EmbedConfig, embed_slides
+
+    paths = expand_slide_paths(args.slides)
+    config = EmbedConfig(encoder=args.encoder, mpp=args.mpp, patch=args.patch, stride=args.stride,
+                         min_tissue=args.min_tissue, batch_size=args.batch_size, num_workers=args.workers,
+                         accelerator=args.accelerator, devices=_devices(args.devices), strategy=args.strategy,
+                         num_nodes=args.num_nodes, precision=args.precision)
+    stores = embed_slides(paths, args.out, config, slide_mpp=args.slide_mpp, progress=not args.quiet)
+    print(f"{len(stores)} stores in {args.out}")
+    return 0
+
+
+def _devices(value: str) -> int | str:
+    return int(value) if value.isdigit() else value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alkit", description=__doc__)
     parser.add_argument("--version", action="version", version=f"alkit {__version__}")
@@ -67,6 +85,27 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--mpp", type=float, default=0.25, help="level-0 resolution (default 0.25 µm/px)")
     synth.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     synth.set_defaults(func=_cmd_synth)
+    embed = sub.add_parser("embed", help="embed the tissue patches of slides into cached per-slide stores")
+    embed.add_argument("slides", nargs="+", metavar="SLIDE",
+                       help="slide paths, globs ('slides/*.svs') or list files (.txt, one path per line)")
+    embed.add_argument("--out", required=True, help="folder of the stores")
+    embed.add_argument("--encoder", default="handcrafted",
+                       help="encoder spec: handcrafted | resnet18[@imagenet|@CKPT] | open_clip:ARCH[@WEIGHTS] | "
+                            "plip[@DIR] (default handcrafted: offline, no download)")
+    embed.add_argument("--mpp", type=float, default=None, help="patch resolution (default: the encoder's)")
+    embed.add_argument("--patch", type=int, default=256, help="patch side in px at --mpp (default 256)")
+    embed.add_argument("--stride", type=int, default=None, help="grid stride in px at --mpp (default: --patch)")
+    embed.add_argument("--min-tissue", type=float, default=0.5, help="tissue fraction a cell needs (default 0.5)")
+    embed.add_argument("--slide-mpp", type=float, default=None, help="level-0 µm/px for slides lacking it")
+    embed.add_argument("--batch-size", type=int, default=64)
+    embed.add_argument("--workers", type=int, default=2, help="patch-reader processes per device (default 2)")
+    embed.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto | cpu | gpu")
+    embed.add_argument("--devices", default="auto", help="Lightning devices: auto | N")
+    embed.add_argument("--strategy", default="auto", help="Lightning strategy: auto | ddp | ...")
+    embed.add_argument("--num-nodes", type=int, default=1)
+    embed.add_argument("--precision", default=None, help="Lightning precision, e.g. bf16-mixed")
+    embed.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    embed.set_defaults(func=_cmd_embed)
     return parser
 
 
@@ -77,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except SlideError as exc:
+    except AlkitError as exc:
         print(f"alkit: error: {exc}", file=sys.stderr)
         return 2
 

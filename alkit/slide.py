@@ -291,7 +291,7 @@ class Slide:
         shrinking = (src[2] - src[0]) >= out_w
         resample = Image.Resampling.BOX if shrinking else Image.Resampling.BICUBIC
         resized = Image.fromarray(canvas).resize((out_w, out_h), resample, box=src)
-        return np.asarray(resized)
+        return np.array(resized)  # a writable copy, like the unresized path
 
     def thumbnail(self, mpp: float | None = None, max_size: int | None = None) -> np.ndarray:
         """The whole slide as RGB uint8 at ``mpp`` µm/px, or with its longer side ``max_size`` px.

@@ -200,16 +200,19 @@ class Embedder:
             if _is_global_zero():
                 write_store(out, cells, np.zeros((0, self.encoder.dim), np.float32), attrs)
             return out
+        self.predict_cells(path, slide_mpp, grid, cells, out, attrs)
+        return out
+
+    def predict_cells(self, path: str | os.PathLike, slide_mpp: float | None, grid: PatchGrid,
+                      cells: np.ndarray, out: Path, attrs: dict) -> None:
+        """Embed the given ``(row, col)`` cells of a slide with ``Trainer.predict`` and write the store ``out``."""
         dataset = PatchDataset(Path(path), slide_mpp, grid.cell_boxes(cells), cells, self.mpp, self.config.patch)
         loader = DataLoader(dataset, batch_size=self.config.batch_size, num_workers=self.config.num_workers,
-                            pin_memory=torch.cuda.is_available(),
-                            persistent_workers=False, shuffle=False)
+                            pin_memory=torch.cuda.is_available(), persistent_workers=False, shuffle=False)
         self.writer.target = (out, attrs)
         try:
             self.trainer.predict(EmbeddingModule(self.encoder), dataloaders=loader, return_predictions=False)
-        except SlideError:
-            raise
-        except Exception as exc:  # a worker's read error arrives wrapped; name the slide
+        except Exception as exc:  # a worker's read error arrives wrapped: surface the SlideError naming the slide
             cause = exc
             while cause.__cause__ is not None and not isinstance(cause, SlideError):
                 cause = cause.__cause__
@@ -217,7 +220,6 @@ class Embedder:
                 raise cause from None
             raise
         self.forward_passes += 1
-        return out
 
     def embed(self, paths: Sequence[str | os.PathLike], slide_mpp: float | None = None) -> list[Path]:
         """Embed a cohort slide by slide; finished slides are skipped, so an interrupted run resumes."""

@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/alkit synth $(DEMO) --slides 4 --size 4096 --seed 0
 	$(BIN)/alkit info $(DEMO)/slides/synth_000.tif
+	$(BIN)/alkit embed '$(DEMO)/slides/*.tif' --encoder handcrafted --out $(DEMO)/embeddings
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 
 from alkit import __version__
@@ -49,15 +50,16 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 def _cmd_embed(args: argparse.Namespace) -> int:
     from alkit.cohort import expand_slide_paths
-    from alkit.embed import EmbedConfig, embed_slides
+    from alkit.embed import EmbedConfig, Embedder
 
     paths = expand_slide_paths(args.slides)
     config = EmbedConfig(encoder=args.encoder, mpp=args.mpp, patch=args.patch, stride=args.stride,
                          min_tissue=args.min_tissue, batch_size=args.batch_size, num_workers=args.workers,
                          accelerator=args.accelerator, devices=_devices(args.devices), strategy=args.strategy,
                          num_nodes=args.num_nodes, precision=args.precision)
-    stores = embed_slides(paths, args.out, config, slide_mpp=args.slide_mpp, progress=not args.quiet)
-    print(f"{len(stores)} stores in {args.out}")
+    embedder = Embedder(config, args.out, progress=not args.quiet)
+    stores = embedder.embed(paths, slide_mpp=args.slide_mpp)
+    print(f"{len(stores)} stores in {args.out} ({embedder.cache_hits} were already there)")
     return 0
 
 
@@ -114,6 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    for chatty in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
+        logging.getLogger(chatty).setLevel(level)  # Lightning logs tips and device summaries at INFO
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     try:
         return args.func(args)
     except AlkitError as exc:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import BasePredictionWriter
+from pytorch_lightning.callbacks import BasePredictionWriter, TQDMProgressBar
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -163,6 +163,7 @@ class Embedder:
         self.writer = StoreWriter()
         self._trainer: pl.Trainer | None = None
         self.forward_passes = 0  # predict calls made (0 on a full cache hit)
+        self.cache_hits = 0  # slides whose store was already complete
 
     @property
     def trainer(self) -> pl.Trainer:
@@ -171,7 +172,8 @@ class Embedder:
             self._trainer = pl.Trainer(
                 accelerator=c.accelerator, devices=c.devices, strategy=c.strategy, num_nodes=c.num_nodes,
                 precision=c.precision, logger=False, enable_checkpointing=False, enable_model_summary=False,
-                enable_progress_bar=self.progress, callbacks=[self.writer], inference_mode=True)
+                enable_progress_bar=self.progress, inference_mode=True,
+                callbacks=[self.writer, *([TQDMProgressBar()] if self.progress else [])])
         return self._trainer
 
     def attrs_for(self, slide: Slide, grid: PatchGrid) -> dict:
@@ -191,6 +193,7 @@ class Embedder:
             out = store_path(self.out_dir, slide.name, self.encoder.name, self.mpp, self.config.patch, self.stride)
             if is_cached(out, attrs):
                 log.info("%s: cached in %s", path, out)
+                self.cache_hits += 1
                 return out
             grid = grid.with_tissue(detect_tissue(slide))
         cells = grid.tissue_cells(self.config.min_tissue)

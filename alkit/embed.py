@@ -97,7 +97,8 @@ class StoreWriter(BasePredictionWriter):
 
     def __init__(self) -> None:
         super().__init__(write_interval="batch")
-        self.target: tuple[Path, dict] | None = None  # (store path, attrs) of the slide being embedded
+        # (store path, attrs, tissue fractions) of the slide being embedded
+        self.target: tuple[Path, dict, np.ndarray | None] | None = None
         self._parts: list[tuple[np.ndarray, np.ndarray]] = []
 
     def on_predict_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -110,7 +111,7 @@ class StoreWriter(BasePredictionWriter):
 
     def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         assert self.target is not None, "StoreWriter.target must be set before predict"
-        path, attrs = self.target
+        path, attrs, tissue = self.target
         shard_dir = _shard_dir(path)
         shard_dir.mkdir(parents=True, exist_ok=True)
         dim = attrs["dim"]
@@ -120,7 +121,7 @@ class StoreWriter(BasePredictionWriter):
         self._parts = []
         trainer.strategy.barrier("alkit-shards-written")
         if trainer.is_global_zero:
-            _merge_shards(path, attrs, trainer.world_size)
+            _merge_shards(path, attrs, tissue, trainer.world_size)
         trainer.strategy.barrier("alkit-store-written")
 
 
@@ -128,7 +129,7 @@ def _shard_dir(path: Path) -> Path:
     return path.parent / f".{path.name}.shards"
 
 
-def _merge_shards(path: Path, attrs: dict, world_size: int) -> None:
+def _merge_shards(path: Path, attrs: dict, tissue: np.ndarray | None, world_size: int) -> None:
     shard_dir = _shard_dir(path)
     shards = sorted(shard_dir.glob("rank*.npz"))
     if len(shards) != world_size:
@@ -141,7 +142,7 @@ def _merge_shards(path: Path, attrs: dict, world_size: int) -> None:
     keys_all, feats_all = np.concatenate(keys), np.concatenate(feats)
     # row-major order and no duplicates (distributed samplers pad with repeated samples)
     _, first = np.unique(keys_all[:, 0] * (1 << 32) + keys_all[:, 1], return_index=True)
-    write_store(path, keys_all[first], feats_all[first], attrs)
+    write_store(path, keys_all[first], feats_all[first], attrs, tissue)
     shutil.rmtree(shard_dir, ignore_errors=True)
 
 
@@ -201,7 +202,7 @@ class Embedder:
             log.warning("%s: no cell reaches %.0f%% tissue; writing an empty store", path,
                         100 * self.config.min_tissue)
             if _is_global_zero():
-                write_store(out, cells, np.zeros((0, self.encoder.dim), np.float32), attrs)
+                write_store(out, cells, np.zeros((0, self.encoder.dim), np.float32), attrs, grid.tissue_fraction)
             return out
         self.predict_cells(path, slide_mpp, grid, cells, out, attrs)
         return out
@@ -212,7 +213,7 @@ class Embedder:
         dataset = PatchDataset(Path(path), slide_mpp, grid.cell_boxes(cells), cells, self.mpp, self.config.patch)
         loader = DataLoader(dataset, batch_size=self.config.batch_size, num_workers=self.config.num_workers,
                             pin_memory=torch.cuda.is_available(), persistent_workers=False, shuffle=False)
-        self.writer.target = (out, attrs)
+        self.writer.target = (out, attrs, grid.tissue_fraction)
         try:
             self.trainer.predict(EmbeddingModule(self.encoder), dataloaders=loader, return_predictions=False)
         except Exception as exc:  # a worker's read error arrives wrapped: surface the SlideError naming the slide

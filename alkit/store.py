@@ -22,7 +22,7 @@ from alkit import __version__
 from alkit.errors import AlkitError
 from alkit.grid import PatchGrid
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: tissue fraction of every cell
 #: attributes that must match for a store to be reused
 KEY_ATTRS = ("encoder", "weights_id", "mpp", "patch", "stride", "min_tissue", "slide_dimensions", "slide_mpp")
 
@@ -50,12 +50,18 @@ class EmbeddingStore:
     coords: np.ndarray  # (n, 2) int32 row, col
     features: np.ndarray  # (n, C)
     attrs: dict
+    tissue_fraction: np.ndarray | None = None  # (rows, cols) tissue share of every grid cell
+
+    @property
+    def slide_id(self) -> str:
+        return str(self.attrs.get("slide", self.path.name.split("__")[0]))
 
     @property
     def grid(self) -> PatchGrid:
-        """The patch grid the coords index."""
+        """The patch grid the coords index (with every cell's tissue fraction when stored)."""
         a = self.attrs
-        return PatchGrid(tuple(a["slide_dimensions"]), a["slide_mpp"], a["mpp"], a["patch"], a["stride"])
+        return PatchGrid(tuple(a["slide_dimensions"]), a["slide_mpp"], a["mpp"], a["patch"], a["stride"],
+                         self.tissue_fraction)
 
     @property
     def dim(self) -> int:
@@ -75,7 +81,8 @@ class EmbeddingStore:
         path = Path(path)
         attrs = read_attrs(path)
         with h5py.File(path, "r") as f:
-            return cls(path, f["coords"][()], f["features"][()], attrs)
+            tissue = f["tissue_fraction"][()].astype(np.float32) if "tissue_fraction" in f else None
+            return cls(path, f["coords"][()], f["features"][()], attrs, tissue)
 
 
 def read_attrs(path: str | os.PathLike) -> dict:
@@ -98,6 +105,8 @@ def is_cached(path: str | os.PathLike, attrs: dict) -> bool:
         found = read_attrs(path)
     except StoreError:
         return False
+    if found.get("format_version") != FORMAT_VERSION:
+        return False
     return all(_same(found.get(k), attrs.get(k)) for k in KEY_ATTRS)
 
 
@@ -109,8 +118,13 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def write_store(path: str | os.PathLike, coords: np.ndarray, features: np.ndarray, attrs: dict) -> Path:
-    """Write a store atomically (temporary file in the same folder, then rename)."""
+def write_store(path: str | os.PathLike, coords: np.ndarray, features: np.ndarray, attrs: dict,
+                tissue_fraction: np.ndarray | None = None) -> Path:
+    """Write a store atomically (temporary file in the same folder, then rename).
+
+    ``tissue_fraction`` (rows, cols) keeps every cell's tissue share, so region strategies can work
+    from stores alone without reopening slides.
+    """
     path = Path(path)
     coords = np.asarray(coords, np.int32).reshape(-1, 2)
     features = np.asarray(features)
@@ -125,6 +139,9 @@ def write_store(path: str | os.PathLike, coords: np.ndarray, features: np.ndarra
             f.attrs["alkit"] = json.dumps(full)
             f.create_dataset("coords", data=coords)
             f.create_dataset("features", data=features)
+            if tissue_fraction is not None:
+                f.create_dataset("tissue_fraction", data=np.asarray(tissue_fraction, np.float16),
+                                 compression="gzip")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

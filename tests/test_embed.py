@@ -39,6 +39,7 @@ def test_store_holds_every_tissue_cell(tmp_path, wsi):
     assert store.features.shape == (len(expected), 97) and np.isfinite(store.features).all()
     assert store.attrs["encoder"] == "handcrafted" and store.attrs["weights_id"] == "handcrafted-v1"
     assert store.grid.shape == grid.shape
+    np.testing.assert_allclose(store.tissue_fraction, grid.tissue_fraction, atol=1e-3)  # stored as float16
     fmap, valid = store.as_map()
     assert valid.sum() == len(expected) and fmap.shape == (*grid.shape, 97)
 

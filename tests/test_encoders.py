@@ -20,13 +20,8 @@ from PIL import Image
 from alkit.encoders import (DEFAULT_ENCODER, Encoder, EncoderError, available_encoders, get_encoder, l2_normalise,
                             parse_spec)
 from alkit.encoders.handcrafted import feature_names, rgb_to_hed
+from conftest import TINY_CLIP, TINY_CLIP_CFG  # the tiny OpenCLIP model's fixture (tiny_clip) lives there too
 
-TINY_CLIP = "alkit-test-tiny-clip"
-TINY_CLIP_CFG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-}
 CAPTIONS = ["an H&E image of invasive carcinoma", "benign stroma", "“tag along” lymphocytes &amp; ER&#945",
             "a very long caption " + "with many words " * 40]
 
@@ -169,20 +164,6 @@ def test_resnet18_mismatched_and_missing_files(tmp_path, reference_resnet):
 
 
 # ---------------------------------------------------------------- open_clip
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory) -> tuple[torch.nn.Module, Path]:
-    import open_clip
-    folder = tmp_path_factory.mktemp("open_clip")
-    cfg_path = folder / f"{TINY_CLIP}.json"
-    cfg_path.write_text(json.dumps(TINY_CLIP_CFG))
-    open_clip.add_model_config(cfg_path)
-    torch.manual_seed(7)
-    model = open_clip.create_model(TINY_CLIP).eval()
-    weights = folder / "tiny.pt"
-    torch.save(model.state_dict(), weights)
-    return model, weights
-
 
 def test_open_clip_local_checkpoint_matches_model(tiny_clip):
     import open_clip

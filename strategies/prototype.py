@@ -1,0 +1,73 @@
+"""Prototype sampling (Qiu et al., MICCAI 2024): regions most similar to typical images of a class.
+
+Per slide, the similarity map of each class (:func:`alkit.maps.similarity_map`: per cell the highest
+cosine similarity to the class's prototypes) goes through a region selector — ``standard`` (sliding
+window + non-maximum suppression) or ``adaptive`` (threshold-bisection boxes). Several classes share
+a slide's budget round-robin, in the order given: pick 1 goes to the first class, pick 2 to the
+second, ... (with n = 5 and two classes, 3 + 2), each pick avoiding all earlier picks and labeled
+regions. A region's score is the mean similarity inside it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from alkit.cohort import Cohort
+from alkit.maps import similarity_map
+from alkit.prototypes import PrototypeSet
+from alkit.regions import select_adaptive, select_standard
+from alkit.strategy import Budget, Labeled, Selection, StrategyError
+from strategies._common import labeled_cells, to_picks
+
+SELECTORS = {"standard": select_standard, "adaptive": select_adaptive}
+
+
+class PrototypeStrategy:
+    """Regions on the similarity maps to class prototypes; ``prototypes`` is a set or its folder."""
+
+    name = "prototype"
+
+    def __init__(self, prototypes: PrototypeSet | str | os.PathLike, selector: str = "standard",
+                 classes: Sequence[str] | None = None):
+        if selector not in SELECTORS:
+            raise StrategyError(f"selector must be one of {sorted(SELECTORS)}, got {selector!r}")
+        self.prototypes = prototypes if isinstance(prototypes, PrototypeSet) else PrototypeSet.load(prototypes)
+        self.selector = selector
+        self.classes = list(classes or self.prototypes.names)
+        missing = [c for c in self.classes if c not in self.prototypes.names]
+        if missing:
+            raise StrategyError(f"no prototypes for {missing}; the set has {self.prototypes.names}")
+
+    def select(self, cohort: Cohort, budget: Budget, rng: np.random.Generator,
+               labeled: Labeled | None = None) -> Selection:
+        self.prototypes.check_store(cohort.attrs)
+        select = SELECTORS[self.selector]
+        selection = Selection(self.name)
+        for slide in cohort:
+            store = slide.store()
+            maps = {c: similarity_map(store, self.prototypes[c]) for c in self.classes}
+            selection.score_maps[slide.slide_id] = {f"similarity:{c}": m for c, m in maps.items()}
+            size = slide.grid.region_cells(budget.size)
+            blocked = labeled_cells(slide, labeled)
+            got = 0
+            exhausted: set[str] = set()
+            turn = 0
+            while got < budget.n and len(exhausted) < len(self.classes):
+                cls = self.classes[turn % len(self.classes)]
+                turn += 1
+                if cls in exhausted:
+                    continue
+                picked = select(maps[cls], size, 1, labeled=blocked)
+                if not picked:
+                    exhausted.add(cls)
+                    continue
+                blocked.append(tuple(picked[0]))
+                selection.regions += to_picks(slide, [tuple(picked[0])], maps[cls], self.name, cls)
+                got += 1
+            selection.shortfall[slide.slide_id] = budget.n - got
+        selection.report_shortfall()
+        return selection
+

@@ -52,6 +52,8 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     from alkit.cohort import expand_slide_paths
     from alkit.embed import EmbedConfig, Embedder
 
+    _quiet_lightning()
+
     paths = expand_slide_paths(args.slides)
     config = EmbedConfig(encoder=args.encoder, mpp=args.mpp, patch=args.patch, stride=args.stride,
                          min_tissue=args.min_tissue, batch_size=args.batch_size, num_workers=args.workers,
@@ -286,6 +288,13 @@ def _cmd_select(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quiet_lightning() -> None:
+    """Lightning sets its loggers to INFO when imported (device summaries, tips): follow -v instead."""
+    level = logging.getLogger().level
+    for chatty in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
+        logging.getLogger(chatty).setLevel(level)
+
+
 def _devices(value: str) -> int | str:
     return int(value) if value.isdigit() else value
 
@@ -353,8 +362,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    for chatty in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
-        logging.getLogger(chatty).setLevel(level)  # Lightning logs tips and device summaries at INFO
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     try:
         return args.func(args)

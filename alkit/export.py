@@ -77,11 +77,10 @@ def overview_png(slide: CohortSlide, picks: list[RegionPick], score_map: np.ndar
         heat = (matplotlib.colormaps["magma"](score_map / top)[..., :3] * 255).astype(np.uint8)
         rows, cols = score_map.shape
         stride = slide.grid.stride0 * scale
-        heat_img = Image.fromarray(heat).resize((max(1, round(cols * stride)), max(1, round(rows * stride))),
-                                                Image.Resampling.NEAREST)
-        canvas = Image.new("RGB", size, (0, 0, 0))
-        canvas.paste(heat_img.crop((0, 0, *size)), (0, 0))
-        base = Image.blend(base, canvas, 0.45)
+        full = (max(1, round(cols * stride)), max(1, round(rows * stride)))
+        heat_img = Image.fromarray(heat).resize(full, Image.Resampling.NEAREST).crop((0, 0, *size))
+        alpha = Image.fromarray(((score_map > 0) * 115).astype(np.uint8)).resize(full, Image.Resampling.NEAREST)
+        base = Image.composite(heat_img, base, alpha.crop((0, 0, *size)))  # tint only scored cells
     draw = ImageDraw.Draw(base)
     labels = sorted({_label(p) for p in picks})
     for rank, p in enumerate(picks, 1):

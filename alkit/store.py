@@ -19,6 +19,7 @@ import h5py
 import numpy as np
 
 from alkit import __version__
+from alkit.atomic import atomic_path
 from alkit.errors import AlkitError
 from alkit.grid import PatchGrid
 
@@ -132,17 +133,10 @@ def write_store(path: str | os.PathLike, coords: np.ndarray, features: np.ndarra
         raise ValueError(f"{path}: {len(coords)} coords but {len(features)} feature rows")
     full = {**attrs, "n": int(len(coords)), "dim": int(features.shape[1]) if features.ndim == 2 else 0,
             "alkit_version": __version__, "format_version": FORMAT_VERSION}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["alkit"] = json.dumps(full)
-            f.create_dataset("coords", data=coords)
-            f.create_dataset("features", data=features)
-            if tissue_fraction is not None:
-                f.create_dataset("tissue_fraction", data=np.asarray(tissue_fraction, np.float16),
-                                 compression="gzip")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["alkit"] = json.dumps(full)
+        f.create_dataset("coords", data=coords)
+        f.create_dataset("features", data=features)
+        if tissue_fraction is not None:
+            f.create_dataset("tissue_fraction", data=np.asarray(tissue_fraction, np.float16), compression="gzip")
     return path

@@ -5,8 +5,16 @@ from __future__ import annotations
 import numpy as np
 
 from alkit.cohort import CohortSlide
-from alkit.regions import box_sums
-from alkit.strategy import Box, Labeled, RegionPick
+from alkit.regions import box_sums, select_adaptive, select_standard
+from alkit.strategy import Box, Labeled, RegionPick, StrategyError
+
+SELECTORS = {"standard": select_standard, "adaptive": select_adaptive}
+
+
+def check_selector(selector: str) -> str:
+    if selector not in SELECTORS:
+        raise StrategyError(f"selector must be one of {sorted(SELECTORS)}, got {selector!r}")
+    return selector
 
 
 def labeled_cells(slide: CohortSlide, labeled: Labeled | None) -> list[tuple[int, int, int, int]]:
@@ -36,3 +44,28 @@ def window_tissue(tissue: np.ndarray, wh: int, ww: int) -> np.ndarray:
     np.cumsum(np.cumsum(tissue, axis=0, dtype=np.float64), axis=1, out=integral[1:, 1:])
     sums = integral[wh:, ww:] - integral[:-wh, ww:] - integral[wh:, :-ww] + integral[:-wh, :-ww]
     return sums / (wh * ww)
+
+
+def select_on_maps(slide: CohortSlide, maps: dict[str, np.ndarray], n: int, size: int, selector: str,
+                   labeled: Labeled | None, strategy: str) -> list[RegionPick]:
+    """Up to ``n`` regions of ``size`` cells on the slide's score maps, the maps taking turns
+    (round-robin in their order); no pick overlaps an earlier pick or a labeled region."""
+    select = SELECTORS[selector]
+    blocked = labeled_cells(slide, labeled)
+    names = list(maps)
+    picks: list[RegionPick] = []
+    exhausted: set[str] = set()
+    turn = 0
+    while len(picks) < n and len(exhausted) < len(names):
+        name = names[turn % len(names)]
+        turn += 1
+        if name in exhausted:
+            continue
+        found = select(maps[name], size, 1, labeled=blocked)
+        if not found:
+            exhausted.add(name)
+            continue
+        box = tuple(int(v) for v in found[0])
+        blocked.append(box)
+        picks += to_picks(slide, [box], maps[name], strategy, name or None)  # key "": no class
+    return picks

@@ -18,11 +18,8 @@ import numpy as np
 from alkit.cohort import Cohort
 from alkit.maps import similarity_map
 from alkit.prototypes import PrototypeSet
-from alkit.regions import select_adaptive, select_standard
 from alkit.strategy import Budget, Labeled, Selection, StrategyError
-from strategies._common import labeled_cells, to_picks
-
-SELECTORS = {"standard": select_standard, "adaptive": select_adaptive}
+from strategies._common import check_selector, select_on_maps
 
 
 class PrototypeStrategy:
@@ -32,10 +29,8 @@ class PrototypeStrategy:
 
     def __init__(self, prototypes: PrototypeSet | str | os.PathLike, selector: str = "standard",
                  classes: Sequence[str] | None = None):
-        if selector not in SELECTORS:
-            raise StrategyError(f"selector must be one of {sorted(SELECTORS)}, got {selector!r}")
         self.prototypes = prototypes if isinstance(prototypes, PrototypeSet) else PrototypeSet.load(prototypes)
-        self.selector = selector
+        self.selector = check_selector(selector)
         self.classes = list(classes or self.prototypes.names)
         missing = [c for c in self.classes if c not in self.prototypes.names]
         if missing:
@@ -44,30 +39,15 @@ class PrototypeStrategy:
     def select(self, cohort: Cohort, budget: Budget, rng: np.random.Generator,
                labeled: Labeled | None = None) -> Selection:
         self.prototypes.check_store(cohort.attrs)
-        select = SELECTORS[self.selector]
         selection = Selection(self.name)
         for slide in cohort:
             store = slide.store()
             maps = {c: similarity_map(store, self.prototypes[c]) for c in self.classes}
             selection.score_maps[slide.slide_id] = {f"similarity:{c}": m for c, m in maps.items()}
-            size = slide.grid.region_cells(budget.size)
-            blocked = labeled_cells(slide, labeled)
-            got = 0
-            exhausted: set[str] = set()
-            turn = 0
-            while got < budget.n and len(exhausted) < len(self.classes):
-                cls = self.classes[turn % len(self.classes)]
-                turn += 1
-                if cls in exhausted:
-                    continue
-                picked = select(maps[cls], size, 1, labeled=blocked)
-                if not picked:
-                    exhausted.add(cls)
-                    continue
-                blocked.append(tuple(picked[0]))
-                selection.regions += to_picks(slide, [tuple(picked[0])], maps[cls], self.name, cls)
-                got += 1
-            selection.shortfall[slide.slide_id] = budget.n - got
+            picks = select_on_maps(slide, maps, budget.n, slide.grid.region_cells(budget.size), self.selector,
+                                   labeled, self.name)
+            selection.regions += picks
+            selection.shortfall[slide.slide_id] = budget.n - len(picks)
         selection.report_shortfall()
         return selection
 

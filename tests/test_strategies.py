@@ -23,13 +23,31 @@ def _prototypes_from(cohort) -> PrototypeSet:
     return PrototypeSet(cohort.attrs["encoder"], cohort.attrs["dim"], cohort.attrs["weights_id"], classes)
 
 
+class _SimilarityTask:
+    """A stand-in trained model for the contract: tumour probability = similarity to class "a"."""
+
+    def __init__(self, prototypes: PrototypeSet):
+        self.prototypes = prototypes
+
+    def predict_proba(self, store):
+        from alkit.maps import similarity_map
+
+        return similarity_map(store, self.prototypes["a"])
+
+    def predict_mc(self, store, samples):
+        base = self.predict_proba(store)
+        return np.stack([np.clip(base * (0.9 + 0.02 * i), 0, 1) for i in range(samples)])
+
+
 def _build(name: str, cohort, **extra):
-    params = {"prototype": {"prototypes": _prototypes_from(cohort)}}.get(name, {})
+    prototypes = _prototypes_from(cohort)
+    params = {"prototype": {"prototypes": prototypes},
+              "uncertainty": {"task": _SimilarityTask(prototypes)}}.get(name, {})
     return get_strategy(name, **params, **extra)
 
 
 def test_builtins_are_registered():
-    assert {"random", "diversity", "prototype"} <= set(available_strategies())
+    assert {"random", "diversity", "prototype", "uncertainty"} <= set(available_strategies())
     with pytest.raises(StrategyError, match="unknown strategy 'nope'"):
         get_strategy("nope")
     with pytest.raises(StrategyError, match="bad parameters"):
@@ -66,7 +84,7 @@ def test_every_strategy_honours_the_contract(name, embedded_cohort):
 
 
 def test_standard_sized_strategies_give_budget_sized_regions(embedded_cohort):
-    for name in ("random", "diversity", "prototype"):
+    for name in ("random", "diversity", "prototype", "uncertainty"):
         selection = _build(name, embedded_cohort).select(embedded_cohort, BUDGET, np.random.default_rng(1))
         assert all(p.box[2] == p.box[3] == 1024 for p in selection.regions), name
 

@@ -1,0 +1,45 @@
+"""Uncertainty acquisition: regions where the current model is least sure.
+
+Per slide, the task model's per-patch uncertainty (:func:`alkit.uncertainty.acquisition_map`:
+entropy, margin, least confidence, or MC-dropout BALD) is a score map like any other and goes
+through the same standard or adaptive selector, with labeled regions excluded. The strategy needs
+the trained model: pass ``task=`` or let :class:`alkit.loop.ActiveLearningLoop` bind its own task.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from alkit.cohort import Cohort
+from alkit.strategy import Budget, Labeled, Selection, StrategyError
+from alkit.uncertainty import MEASURES, acquisition_map
+from strategies._common import check_selector, select_on_maps
+
+
+class UncertaintyStrategy:
+    """``n`` regions per slide on the model's uncertainty map."""
+
+    name = "uncertainty"
+
+    def __init__(self, task=None, measure: str = "entropy", selector: str = "standard", mc_samples: int = 0):
+        if measure not in MEASURES:
+            raise StrategyError(f"measure must be one of {', '.join(MEASURES)}, got {measure!r}")
+        if measure == "bald" and mc_samples < 2:
+            mc_samples = 10  # BALD is defined over MC-dropout samples
+        self.task, self.measure, self.mc_samples = task, measure, int(mc_samples)
+        self.selector = check_selector(selector)
+
+    def select(self, cohort: Cohort, budget: Budget, rng: np.random.Generator,
+               labeled: Labeled | None = None) -> Selection:
+        if self.task is None:
+            raise StrategyError("the uncertainty strategy needs a trained task model (task=...)")
+        selection = Selection(self.name)
+        for slide in cohort:
+            score = acquisition_map(self.task, slide.store(), self.measure, self.mc_samples)
+            selection.score_maps[slide.slide_id] = {f"uncertainty:{self.measure}": score}
+            picks = select_on_maps(slide, {"": score}, budget.n, slide.grid.region_cells(budget.size),
+                                   self.selector, labeled, self.name)
+            selection.regions += picks
+            selection.shortfall[slide.slide_id] = budget.n - len(picks)
+        selection.report_shortfall()
+        return selection

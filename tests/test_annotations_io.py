@@ -231,3 +231,109 @@ def test_sliderunner_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown slide 'zzz.tif'"):
         write_sliderunner(tmp_path / "w.sqlite", ["a.tif"], [("zzz.tif", 1, 1, "c")])
     assert not (tmp_path / "w.sqlite").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# NCRF JSON and QuPath GeoJSON
+# --------------------------------------------------------------------------------------------
+
+from alkit.annotations import AnnotationFileError  # noqa: E402
+from alkit.annotations.ncrf import read_ncrf_json, write_ncrf_json  # noqa: E402
+from alkit.annotations.qupath import QuPathFeature, read_qupath_geojson, write_qupath_geojson  # noqa: E402
+
+
+def _ncrf_files() -> list[Path]:
+    return sorted(NCRF_DIR.glob("*.json")) if NCRF_DIR.is_dir() else []
+
+
+@pytest.mark.parametrize("path", _ncrf_files() or [NCRF_DIR / "missing.json"], ids=lambda p: p.name)
+def test_ncrf_reader_on_the_real_files(path, tmp_path):
+    _need(path)
+    ref = json.loads(path.read_text())
+    got = read_ncrf_json(path)
+    for kind in ("positive", "negative"):
+        polys = getattr(got, kind)
+        assert [p.name for p in polys] == [p["name"] for p in ref[kind]]
+        for p, r in zip(polys, ref[kind]):
+            np.testing.assert_array_equal(p.coords, np.asarray(r["vertices"], float))
+    back = read_ncrf_json(write_ncrf_json(tmp_path / path.name, got.positive, got.negative))
+    assert json.loads((tmp_path / path.name).read_text()) == ref  # integers stay integers
+    assert len(back.positive) == len(got.positive)
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ("[1, 2", "not valid JSON"),
+    ('{"type": "FeatureCollection", "features": []}', "not NCRF polygon JSON"),
+    ('{"positive": {"name": "a"}}', "'positive' is a dict, expected a list"),
+    ('{"positive": [{"name": "a"}]}', "positive[0] has no 'vertices'"),
+    ('{"negative": [{"name": "a", "vertices": [[1, 2], [3]]}]}', "not [x, y] numbers"),
+])
+def test_ncrf_malformed_files(tmp_path, content, fragment):
+    p = tmp_path / "bad.json"
+    p.write_text(content)
+    with pytest.raises(AnnotationFileError) as err:
+        read_ncrf_json(p)
+    assert str(p) in str(err.value) and fragment in str(err.value)
+    assert isinstance(err.value, ValueError)
+
+
+def test_qupath_round_trip_and_layouts(tmp_path):
+    import shapely
+
+    holed = shapely.Polygon([(0, 0), (100, 0), (100, 100), (0, 100)], [[(10, 10), (20, 10), (20, 20), (10, 20)]])
+    multi = shapely.MultiPolygon([shapely.box(200, 0, 250, 50), shapely.box(300, 0, 320, 20)])
+    feats = [QuPathFeature(holed, "Tumor", "t1"), (multi, "Stroma"), shapely.MultiPoint([(5, 5), (6, 7)]),
+             QuPathFeature(shapely.Point(1.5, 2.5), "Mitosis", object_type="detection", properties={"score": 0.5})]
+    for collection in (True, False):
+        path = write_qupath_geojson(tmp_path / f"a{collection}.geojson", feats, feature_collection=collection,
+                                    colors={"Tumor": (200, 0, 0)})
+        data = json.loads(path.read_text())
+        assert isinstance(data, dict) == collection
+        back = read_qupath_geojson(path)
+        assert [(f.classification, f.name, f.object_type) for f in back] == [
+            ("Tumor", "t1", "annotation"), ("Stroma", None, "annotation"), (None, None, "annotation"),
+            ("Mitosis", None, "detection")]
+        assert back[0].geometry.equals(holed) and back[0].geometry.area == pytest.approx(9900)
+        assert back[1].geometry.equals(multi)
+        assert back[3].properties == {"score": 0.5}
+        first = data["features"][0] if collection else data[0]
+        assert first["properties"]["classification"] == {"name": "Tumor", "color": [200, 0, 0]}
+        assert first["properties"]["objectType"] == "annotation"
+
+
+def test_qupath_older_layouts_and_single_features(tmp_path):
+    old = [{"type": "Feature", "id": "PathAnnotationObject",
+            "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [10, 0], [10, 10], [0, 0]]]},
+            "properties": {"classification": {"name": "Tumor", "colorRGB": -3670016}, "isLocked": False}},
+           {"type": "Feature", "id": "PathDetectionObject",
+            "geometry": {"type": "Point", "coordinates": [1, 2]},
+            "properties": {"object_type": "cell", "classification": {"names": ["Tumor", "Positive"]}}},
+           {"type": "Feature", "geometry": None, "properties": {}}]
+    p = tmp_path / "old.json"
+    p.write_text(json.dumps(old))
+    feats = read_qupath_geojson(p)
+    assert [(f.classification, f.object_type) for f in feats] == [("Tumor", "annotation"),
+                                                                  ("Tumor: Positive", "cell")]
+    one = tmp_path / "one.geojson"
+    one.write_text(json.dumps(old[0]))
+    assert len(read_qupath_geojson(one)) == 1
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ("{", "not valid JSON"),
+    ('{"type": "Polygon", "coordinates": []}', "GeoJSON object of type 'Polygon'"),
+    ('"text"', "top-level JSON str"),
+    ('[{"type": "Point"}]', "item #0 is not a GeoJSON Feature"),
+    ('[{"type": "Feature", "geometry": {"type": "Blob", "coordinates": [1, 2]}}]', "unreadable Blob geometry"),
+    ('[{"type": "Feature", "geometry": {"type": "Point", "coordinates": [1, NaN]}}]', "non-finite coordinate"),
+    ('[{"type": "Feature", "properties": [1], "geometry": {"type": "Point", "coordinates": [1, 2]}}]',
+     "properties of type list"),
+])
+def test_qupath_malformed_files(tmp_path, content, fragment):
+    p = tmp_path / "bad.geojson"
+    p.write_text(content)
+    with pytest.raises(AnnotationFileError) as err:
+        read_qupath_geojson(p)
+    assert str(p) in str(err.value) and fragment in str(err.value)
+    with pytest.raises(FileNotFoundError):
+        read_qupath_geojson(tmp_path / "absent.geojson")

@@ -18,12 +18,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/alkit synth $(DEMO) --slides 4 --size 4096 --seed 0
-	$(BIN)/alkit info $(DEMO)/slides/synth_000.tif
-	$(BIN)/alkit embed '$(DEMO)/slides/*.tif' --encoder handcrafted --out $(DEMO)/embeddings
+	$(BIN)/alkit demo --out $(DEMO)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(DEMO) .pytest_cache .hypothesis
+	rm -rf $(DEMO) .pytest_cache .hypothesis mlflow.db mlruns

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -288,8 +289,41 @@ def _cmd_select(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_summary(summary: dict, tracking_uri: str) -> None:
+    print(summary["markdown"].read_text())
+    print(f"summary table: {summary['markdown']}  (CSV: {summary['csv']})")
+    print(f"plots:         {summary['miou_vs_tissue']}  {summary['tumour_vs_tissue']}")
+    print(f"MLflow UI:     mlflow ui --backend-store-uri {tracking_uri}")
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from alkit.compare import load_config, run_study, summarise_study
+    from alkit.tracking import resolve_tracking_uri
+
+    config = load_config(args.config)  # every config error surfaces here, before any work
+    _quiet_lightning()
+    uri = resolve_tracking_uri(args.tracking_uri)
+    runs = run_study(config, tracking_uri=uri, progress=not args.quiet)
+    _print_summary(summarise_study(runs, config.out), uri)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from alkit.demo import run_demo
+    from alkit.tracking import resolve_tracking_uri
+
+    _quiet_lightning()
+    uri = resolve_tracking_uri(args.tracking_uri)
+    result = run_demo(args.out, quick=args.quick, tracking_uri=uri, progress=not args.quiet)
+    print(f"{len(result['runs'])} runs of {result['config']}")
+    _print_summary(result["summary"], uri)
+    return 0
+
+
 def _quiet_lightning() -> None:
     """Lightning sets its loggers to INFO when imported (device summaries, tips): follow -v instead."""
+    import pytorch_lightning  # noqa: F401  (import first: the import itself sets the level)
+
     level = logging.getLogger().level
     for chatty in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
         logging.getLogger(chatty).setLevel(level)
@@ -354,6 +388,19 @@ def build_parser() -> argparse.ArgumentParser:
     select.add_argument("--no-png", action="store_true", help="skip the overview PNGs")
     select.add_argument("--out", required=True)
     select.set_defaults(func=_cmd_select)
+    compare = sub.add_parser("compare", help="run a study config: strategies x budgets x seeds, tracked in MLflow")
+    compare.add_argument("config", metavar="CONFIG", help="study YAML (see experiments/)")
+    compare.add_argument("--tracking-uri", default=None,
+                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+    compare.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    compare.set_defaults(func=_cmd_compare)
+
+    demo = sub.add_parser("demo", help="the offline demo: synthetic cohort, prototypes, tracked comparison")
+    demo.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
+    demo.add_argument("--quick", action="store_true", help="a small grid for CI (about a minute)")
+    demo.add_argument("--tracking-uri", default=None, help="as for compare")
+    demo.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    demo.set_defaults(func=_cmd_demo)
     return parser
 
 
@@ -362,6 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "1")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     try:
         return args.func(args)

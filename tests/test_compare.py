@@ -1,0 +1,134 @@
+"""Strategy comparison under MLflow: config validation, the tracked grid, resuming, summary, demo, server."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from alkit.cli import main
+from alkit.compare import ConfigError, load_config, run_study, summarise_study
+from alkit.demo import demo_config
+
+
+@pytest.fixture(scope="module")
+def demo_study(synthetic_cohort, tmp_path_factory):
+    """The quick demo's config over the shared synthetic cohort (written beside it)."""
+    root = Path(synthetic_cohort.root)
+    config = demo_config(root, quick=True)
+    path = root.parent / "study.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _write(tmp_path, base: dict, **changes) -> Path:
+    config = json.loads(json.dumps(base))
+    for key, value in changes.items():
+        node = config
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node[p]
+        if value is None:
+            node.pop(last)
+        else:
+            node[last] = value
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_invalid_configs_fail_before_any_work_naming_the_key(demo_study, tmp_path):
+    base = yaml.safe_load(demo_study.read_text())
+    # absolute paths so the copies in tmp_path still find the cohort
+    base["cohort"]["slides"] = [str(demo_study.parent / p) for p in base["cohort"]["slides"]]
+    base["cohort"]["test_slides"] = [str(demo_study.parent / p) for p in base["cohort"]["test_slides"]]
+    base["cohort"]["ground_truth"]["synthetic"] = str(demo_study.parent / base["cohort"]["ground_truth"]["synthetic"])
+    base["prototypes"]["db"] = str(demo_study.parent / base["prototypes"]["db"])
+    load_config(_write(tmp_path, base))  # the base itself is valid
+    cases = [
+        ("study", None, "missing key 'study'"),
+        ("strategies", ["random", "magic"], "unknown strategy 'magic'"),
+        ("budgets.n", [0], "key 'budgets.n' must hold positive integers"),
+        ("budgets.l", "big", "key 'budgets.l' must be"),
+        ("cohort.slides", ["/nowhere/*.tif"], "key 'cohort.slides'"),
+        ("selector", "best", "key 'selector'"),
+        ("loop.cycles", 0, "key 'loop.cycles' must be >= 1"),
+        ("task", {"kind": "detection"}, "key 'task.kind'"),
+        ("prototypes", None, "key 'prototypes' is required"),
+        ("colour", "red", "unknown key(s) ['colour']"),
+    ]
+    for key, value, message in cases:
+        with pytest.raises(ConfigError) as err:
+            load_config(_write(tmp_path, base, **{key: value}))
+        assert message in str(err.value), (key, str(err.value))
+    assert main(["compare", str(_write(tmp_path, base, study=None))]) == 2
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "absent.yaml")
+
+
+def test_comparison_is_tracked_resumable_and_summarised(demo_study, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = load_config(demo_study)
+    runs = run_study(config, tracking_uri=uri, progress=False)
+    assert sorted(r["params"]["strategy"] for r in runs) == ["diversity", "prototype", "random"]
+    for r in runs:
+        assert r["params"]["n"] == "1" and r["params"]["l"] == "1024" and r["params"]["seed"] == "0"
+        assert {"encoder", "selector", "config_hash", "alkit_version"} <= set(r["params"])
+        steps = [s for s, _ in r["history"]["miou_tumour"]]
+        assert steps == [0, 1]
+        tissue = [v for _, v in r["history"]["annotated_tissue_pct"]]
+        assert tissue[1] > tissue[0] > 0
+        artefacts = {a.path for a in MlflowClient(uri).list_artifacts(r["run_id"])}
+        assert {"cycle_0", "cycle_1", "pool", "config.json"} <= artefacts
+        cycle0 = {a.path for a in MlflowClient(uri).list_artifacts(r["run_id"], "cycle_0")}
+        assert {"cycle_0/regions.json", "cycle_0/qupath", "cycle_0/png"} <= cycle0
+    again = run_study(config, tracking_uri=uri, progress=False)  # finished runs are skipped
+    assert sorted(r["run_id"] for r in again) == sorted(r["run_id"] for r in runs)
+    experiment = MlflowClient(uri).get_experiment_by_name(config.study)
+    assert len(MlflowClient(uri).search_runs([experiment.experiment_id])) == 3
+    summary = summarise_study(runs, tmp_path / "summary")
+    table = summary["markdown"].read_text()
+    assert table.count("\n") == 2 + 3 * 2  # header, rule, 3 strategies x 2 cycles
+    assert summary["miou_vs_tissue"].stat().st_size > 1000 and summary["csv"].exists()
+
+
+def test_demo_quick_runs_from_the_command_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default embedded MLflow store lands in the working directory
+    assert main(["demo", "--quick", "--out", str(tmp_path / "demo"), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "3 runs of" in out and "| prototype | 1 | 1024 | 0 |" in out
+    assert "mlflow ui --backend-store-uri sqlite:///mlflow.db" in out
+    assert (tmp_path / "mlflow.db").exists() and (tmp_path / "demo" / "results" / "summary.csv").exists()
+
+
+def test_comparison_against_a_real_tracking_server(demo_study, tmp_path):
+    from mlflow_setup.server import start_server, stop_server
+
+    info = start_server(tmp_path / "server", port=0, timeout=90)
+    try:
+        config = load_config(demo_study)
+        config.strategies = ["random"]
+        runs = run_study(config, tracking_uri=info.uri, progress=False)
+        client = MlflowClient(info.uri)
+        found = client.search_runs([client.get_experiment_by_name(config.study).experiment_id])
+        assert [r.info.run_id for r in found] == [runs[0]["run_id"]]
+        assert found[0].info.status == "FINISHED" and found[0].data.params["strategy"] == "random"
+        assert len(client.get_metric_history(found[0].info.run_id, "miou_tumour")) == 2
+    finally:
+        stop_server(info)
+    assert not os.path.exists(tmp_path / "server" / "server.pid")
+
+
+def test_shipped_configs_are_well_formed():
+    experiments = Path(__file__).resolve().parents[1] / "experiments"
+    # the paper's configs point at data this machine does not have: validation gets as far as the slides
+    with pytest.raises(ConfigError, match="key 'cohort.slides'"):
+        load_config(experiments / "camelyon16.yaml")
+    with pytest.raises(ConfigError, match="key 'task.kind'"):
+        load_config(experiments / "mitos_wsi_cmc.yaml")
+    synthetic = yaml.safe_load((experiments / "synthetic.yaml").read_text())
+    assert synthetic["strategies"] == ["random", "diversity", "prototype"]

@@ -19,7 +19,6 @@ a tumour) is for the caller to decide. Parsing always goes through :mod:`defused
 from __future__ import annotations
 
 import os
-import tempfile
 import xml.etree.ElementTree as ET  # building and serialising only; never used to parse
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -28,6 +27,8 @@ from typing import NamedTuple
 import defusedxml.ElementTree as SafeET
 import numpy as np
 from defusedxml import DefusedXmlException
+
+from alkit.atomic import atomic_write_bytes
 
 __all__ = ["AsapAnnotation", "read_asap_xml", "write_asap_xml", "CAMELYON16_GROUPS"]
 
@@ -142,14 +143,4 @@ def write_asap_xml(path: str | os.PathLike,
     ET.indent(root, space="\t")
     data = b'<?xml version="1.0"?>\n' + ET.tostring(root, encoding="utf-8") + b"\n"
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_bytes(path, data)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-import tempfile
 import time
 import uuid as uuidlib
 from collections.abc import Iterable, Mapping
@@ -34,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from alkit.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -238,10 +239,7 @@ def write_sliderunner(path: str | os.PathLike,
     class_uid = {n: i for i, n in enumerate(class_colors, start=1)}
     stamp = time.time() if last_modified is None else float(last_modified)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         con = sqlite3.connect(tmp)
         try:
             con.executescript(_SCHEMA)
@@ -282,9 +280,4 @@ def write_sliderunner(path: str | os.PathLike,
             con.commit()
         finally:
             con.close()
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

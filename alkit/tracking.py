@@ -65,10 +65,18 @@ _METRIC_BATCH = 1000
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
-    """The tracking URI to use: ``uri`` if given, else ``$MLFLOW_TRACKING_URI``, else the default."""
-    if uri:
-        return str(uri)
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    """The tracking URI to use: ``uri`` if given, else ``$MLFLOW_TRACKING_URI``, else the default.
+
+    A relative ``sqlite:///`` path is made absolute against the working directory now: MLflow caches
+    its stores by URI, so a relative URI would otherwise keep pointing at the folder where it was
+    first used.
+    """
+    uri = str(uri) if uri else os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    path = _sqlite_path(uri)
+    if path is not None and not uri.startswith("sqlite:////"):
+        query = uri.split("?", 1)[1] if "?" in uri else ""
+        uri = f"sqlite:///{path}" + (f"?{query}" if query else "")
+    return uri
 
 
 def config_hash(config: Mapping[str, Any]) -> str:

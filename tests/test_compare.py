@@ -101,7 +101,7 @@ def test_demo_quick_runs_from_the_command_line(tmp_path, capsys, monkeypatch):
     assert main(["demo", "--quick", "--out", str(tmp_path / "demo"), "-q"]) == 0
     out = capsys.readouterr().out
     assert "3 runs of" in out and "| prototype | 1 | 1024 | 0 |" in out
-    assert "mlflow ui --backend-store-uri sqlite:///mlflow.db" in out
+    assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db" in out
     assert (tmp_path / "mlflow.db").exists() and (tmp_path / "demo" / "results" / "summary.csv").exists()
 
 

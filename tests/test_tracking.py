@@ -174,12 +174,16 @@ def test_lightning_logger_writes_into_the_same_run(store, tmp_path, monkeypatch)
     assert MlflowClient(store).get_run(run.run_id).info.status == "FINISHED"
 
 
-def test_tracking_uri_resolution(monkeypatch):
+def test_tracking_uri_resolution(monkeypatch, tmp_path):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert resolve_tracking_uri(None) == DEFAULT_TRACKING_URI == "sqlite:///mlflow.db"
+    monkeypatch.chdir(tmp_path)
+    assert DEFAULT_TRACKING_URI == "sqlite:///mlflow.db"
+    # relative SQLite paths are pinned to the working directory (MLflow caches stores by URI)
+    assert resolve_tracking_uri(None) == f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert resolve_tracking_uri(None) == "http://127.0.0.1:5000"
-    assert resolve_tracking_uri("sqlite:///other.db") == "sqlite:///other.db"
+    assert resolve_tracking_uri("sqlite:///other.db") == f"sqlite:///{tmp_path}/other.db"
+    assert resolve_tracking_uri("sqlite:////abs/x.db") == "sqlite:////abs/x.db"
 
 
 def test_default_store_is_mlflow_db_in_the_working_directory(tmp_path, monkeypatch):

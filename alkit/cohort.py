@@ -10,7 +10,7 @@ from pathlib import Path
 
 from alkit.grid import PatchGrid
 from alkit.slide import SlideError
-from alkit.store import EmbeddingStore, StoreError
+from alkit.store import EmbeddingStore, StoreError, StoreHeader
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 
@@ -72,7 +72,7 @@ class Cohort:
         """A cohort from embedding stores; they must share encoder, weights, mpp, patch and stride."""
         slides, key, first = [], None, None
         for path in map(Path, paths):
-            store = EmbeddingStore.load(path)
+            store = StoreHeader.load(path)  # features stay on disk (dense grids: GBs per slide)
             this = {k: store.attrs.get(k) for k in ("encoder", "weights_id", "dim", "mpp", "patch", "stride")}
             if key is None:
                 key, first = this, path
@@ -91,7 +91,7 @@ class Cohort:
         folder = Path(folder)
         paths = sorted(folder.glob("*.h5"))
         if encoder is not None:
-            paths = [p for p in paths if EmbeddingStore.load(p).attrs.get("encoder") == encoder]
+            paths = [p for p in paths if StoreHeader.load(p).attrs.get("encoder") == encoder]
         if not paths:
             raise StoreError(f"{folder}: no embedding stores{f' for encoder {encoder}' if encoder else ''} "
                              "(run alkit embed first)")

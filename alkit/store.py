@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,6 +85,67 @@ class EmbeddingStore:
         with h5py.File(path, "r") as f:
             tissue = f["tissue_fraction"][()].astype(np.float32) if "tissue_fraction" in f else None
             return cls(path, f["coords"][()], f["features"][()], attrs, tissue)
+
+
+@dataclass(frozen=True)
+class StoreHeader:
+    """A store without its features: coords, attributes and tissue fractions in memory, features on disk.
+
+    For dense grids (64-px patches: ~1M cells × C per slide) loading every feature is what a
+    :class:`EmbeddingStore` does and what this avoids; :meth:`feature_chunks` streams the ``features``
+    rows instead, so memory stays at one chunk.
+    """
+
+    path: Path
+    coords: np.ndarray  # (n, 2) int32 row, col
+    attrs: dict
+    n: int
+    dim: int
+    dtype: np.dtype
+    tissue_fraction: np.ndarray | None = None
+
+    @property
+    def slide_id(self) -> str:
+        return str(self.attrs.get("slide", self.path.name.split("__")[0]))
+
+    @property
+    def grid(self) -> PatchGrid:
+        """The patch grid the coords index (as :attr:`EmbeddingStore.grid`)."""
+        a = self.attrs
+        return PatchGrid(tuple(a["slide_dimensions"]), a["slide_mpp"], a["mpp"], a["patch"], a["stride"],
+                         self.tissue_fraction)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> StoreHeader:
+        """Read everything but the features; :class:`StoreError` if ``path`` is not a readable store."""
+        path = Path(path)
+        attrs = read_attrs(path)
+        with h5py.File(path, "r") as f:
+            if "features" not in f or "coords" not in f:
+                raise StoreError(f"{path}: no 'features' / 'coords' datasets")
+            feats = f["features"]
+            if feats.ndim != 2:
+                raise StoreError(f"{path}: features must be (n, C), got shape {feats.shape}")
+            tissue = f["tissue_fraction"][()].astype(np.float32) if "tissue_fraction" in f else None
+            coords = f["coords"][()]
+            if len(coords) != feats.shape[0]:
+                raise StoreError(f"{path}: {len(coords)} coords but {feats.shape[0]} feature rows")
+            return cls(path, coords, attrs, int(feats.shape[0]), int(feats.shape[1]), feats.dtype, tissue)
+
+    def feature_chunks(self, chunk: int) -> Iterator[tuple[int, np.ndarray]]:
+        """``(start, rows)`` for consecutive blocks of at most ``chunk`` feature rows, read from disk.
+
+        One buffer of ``chunk × C`` in the stored dtype is reused: each yielded block is a view into
+        it, valid until the next step (copy it to keep it).
+        """
+        chunk = max(1, int(chunk))
+        with h5py.File(self.path, "r") as f:
+            dset = f["features"]
+            buf = np.empty((min(chunk, max(self.n, 1)), self.dim), dset.dtype)
+            for start in range(0, self.n, chunk):
+                stop = min(start + chunk, self.n)
+                dset.read_direct(buf, np.s_[start:stop], np.s_[0:stop - start])
+                yield start, buf[:stop - start]
 
 
 def read_attrs(path: str | os.PathLike) -> dict:

@@ -9,7 +9,8 @@
     masks/synth_000_tissue.png ...  the generator's tissue mask at the planning resolution
     captions/captions.json          an ARCH-like caption database (books-set layout) ...
     captions/images/<uuid>.png      ... with its images
-    captions/truth.json             the true kind of every caption image (not part of ARCH)
+    captions/truth.json             the true kind of every caption image (not part of ARCH); for
+                                    mitosis close-ups also ``figures``: [x, y] image px of each figure
     cohort.json                     the manifest (:class:`SyntheticCohort`)
 
 How a slide is made. A low-resolution *plan* (one plan pixel is ``f`` level-0 pixels, about
@@ -1465,6 +1466,7 @@ def _caption_image(rng: np.random.Generator, kind: str, meta: dict, seed: int) -
         pts = taken
         truth["marker"] = meta.get("marker")
         truth["n_mitoses"] = len(taken)
+        truth["figures"] = [[round(float(x), 1), round(float(y), 1)] for x, y in taken]  # image px (x, y)
     elif kind == "artefact":
         sub = meta["subkind"]
         mpp = float(_pick(rng, [0.5, 1.0, 2.0]))

@@ -1,7 +1,8 @@
 """Prototype sampling (Qiu et al., MICCAI 2024): regions most similar to typical images of a class.
 
 Per slide, the similarity map of each class (:func:`alkit.maps.similarity_map`: per cell the highest
-cosine similarity to the class's prototypes) goes through a region selector — ``standard`` (sliding
+cosine similarity to the class's prototypes, streamed from the store file in chunks, all classes in
+one pass, so dense 64-px grids stay memory-bounded) goes through a region selector — ``standard`` (sliding
 window + non-maximum suppression) or ``adaptive`` (threshold-bisection boxes). Several classes share
 a slide's budget round-robin, in the order given: pick 1 goes to the first class, pick 2 to the
 second, ... (with n = 5 and two classes, 3 + 2), each pick avoiding all earlier picks and labeled
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from alkit.cohort import Cohort
-from alkit.maps import similarity_map
+from alkit.maps import similarity_maps
 from alkit.prototypes import PrototypeSet
 from alkit.strategy import Budget, Labeled, Selection, StrategyError
 from strategies._common import check_selector, select_on_maps
@@ -41,8 +42,7 @@ class PrototypeStrategy:
         self.prototypes.check_store(cohort.attrs)
         selection = Selection(self.name)
         for slide in cohort:
-            store = slide.store()
-            maps = {c: similarity_map(store, self.prototypes[c]) for c in self.classes}
+            maps = similarity_maps(slide.store_path, {c: self.prototypes[c] for c in self.classes})
             selection.score_maps[slide.slide_id] = {f"similarity:{c}": m for c, m in maps.items()}
             picks = select_on_maps(slide, maps, budget.n, slide.grid.region_cells(budget.size), self.selector,
                                    labeled, self.name)

@@ -44,15 +44,12 @@ def store_path(out_dir: str | os.PathLike, slide_id: str, encoder: str, mpp: flo
     return Path(out_dir) / name
 
 
-@dataclass(frozen=True)
-class EmbeddingStore:
-    """Embeddings of one slide's tissue cells, loaded in memory."""
+class _SlideGridMixin:
+    """Slide id and patch grid of a store, from its attributes (shared by full stores and headers)."""
 
     path: Path
-    coords: np.ndarray  # (n, 2) int32 row, col
-    features: np.ndarray  # (n, C)
     attrs: dict
-    tissue_fraction: np.ndarray | None = None  # (rows, cols) tissue share of every grid cell
+    tissue_fraction: np.ndarray | None
 
     @property
     def slide_id(self) -> str:
@@ -64,6 +61,17 @@ class EmbeddingStore:
         a = self.attrs
         return PatchGrid(tuple(a["slide_dimensions"]), a["slide_mpp"], a["mpp"], a["patch"], a["stride"],
                          self.tissue_fraction)
+
+
+@dataclass(frozen=True)
+class EmbeddingStore(_SlideGridMixin):
+    """Embeddings of one slide's tissue cells, loaded in memory."""
+
+    path: Path
+    coords: np.ndarray  # (n, 2) int32 row, col
+    features: np.ndarray  # (n, C)
+    attrs: dict
+    tissue_fraction: np.ndarray | None = None  # (rows, cols) tissue share of every grid cell
 
     @property
     def dim(self) -> int:
@@ -80,15 +88,15 @@ class EmbeddingStore:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> EmbeddingStore:
-        path = Path(path)
-        attrs = read_attrs(path)
-        with h5py.File(path, "r") as f:
-            tissue = f["tissue_fraction"][()].astype(np.float32) if "tissue_fraction" in f else None
-            return cls(path, f["coords"][()], f["features"][()], attrs, tissue)
+        """The whole store in memory (:class:`StoreHeader` keeps the features on disk)."""
+        header = StoreHeader.load(path)
+        with h5py.File(header.path, "r") as f:
+            features = f["features"][()]
+        return cls(header.path, header.coords, features, header.attrs, header.tissue_fraction)
 
 
 @dataclass(frozen=True)
-class StoreHeader:
+class StoreHeader(_SlideGridMixin):
     """A store without its features: coords, attributes and tissue fractions in memory, features on disk.
 
     For dense grids (64-px patches: ~1M cells × C per slide) loading every feature is what a
@@ -103,17 +111,6 @@ class StoreHeader:
     dim: int
     dtype: np.dtype
     tissue_fraction: np.ndarray | None = None
-
-    @property
-    def slide_id(self) -> str:
-        return str(self.attrs.get("slide", self.path.name.split("__")[0]))
-
-    @property
-    def grid(self) -> PatchGrid:
-        """The patch grid the coords index (as :attr:`EmbeddingStore.grid`)."""
-        a = self.attrs
-        return PatchGrid(tuple(a["slide_dimensions"]), a["slide_mpp"], a["mpp"], a["patch"], a["stride"],
-                         self.tissue_fraction)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> StoreHeader:

@@ -364,7 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--patch", type=int, default=256, help="patch side in px at --mpp (default 256)")
     embed.add_argument("--stride", type=int, default=None, help="grid stride in px at --mpp (default: --patch)")
     embed.add_argument("--min-tissue", type=float, default=0.5, help="tissue fraction a cell needs (default 0.5)")
-    embed.add_argument("--slide-mpp", type=float, default=None, help="level-0 µm/px for slides lacking it")
+    embed.add_argument("--slide-mpp", type=float, default=None,
+                       help="level-0 µm/px for slides whose files lack it (never overrides metadata)")
     embed.add_argument("--batch-size", type=int, default=64)
     embed.add_argument("--workers", type=int, default=2, help="patch-reader processes per device (default 2)")
     embed.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto | cpu | gpu")

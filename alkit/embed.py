@@ -70,7 +70,7 @@ class PatchDataset(Dataset):
 
     def _handle(self) -> Slide:
         if self._slide is None or self._pid != os.getpid():  # one handle per worker process
-            self._slide, self._pid = Slide(self.slide_path, mpp=self.slide_mpp), os.getpid()
+            self._slide, self._pid = Slide(self.slide_path, fallback_mpp=self.slide_mpp), os.getpid()
         return self._slide
 
     def __getstate__(self) -> dict:
@@ -188,7 +188,7 @@ class Embedder:
 
     def embed_slide(self, path: str | os.PathLike, slide_mpp: float | None = None) -> Path:
         """Embed one slide's tissue cells (or find them cached); returns the store path."""
-        with Slide(path, mpp=slide_mpp) as slide:
+        with Slide(path, fallback_mpp=slide_mpp) as slide:
             grid = PatchGrid.for_slide(slide, self.mpp, self.config.patch, self.stride)
             attrs = self.attrs_for(slide, grid)
             out = store_path(self.out_dir, slide.name, self.encoder.name, self.mpp, self.config.patch, self.stride)
@@ -226,7 +226,10 @@ class Embedder:
         self.forward_passes += 1
 
     def embed(self, paths: Sequence[str | os.PathLike], slide_mpp: float | None = None) -> list[Path]:
-        """Embed a cohort slide by slide; finished slides are skipped, so an interrupted run resumes."""
+        """Embed a cohort slide by slide; finished slides are skipped, so an interrupted run resumes.
+
+        ``slide_mpp`` is the level-0 resolution of slides whose files lack one; it never overrides metadata.
+        """
         preflight(paths, slide_mpp)
         bar = tqdm(paths, desc="slides", unit="slide", disable=not (self.progress and _is_global_zero()))
         stores = []
@@ -243,7 +246,7 @@ def preflight(paths: Sequence[str | os.PathLike], slide_mpp: float | None = None
         if p.stem in names:
             raise SlideError(p, f"slide id '{p.stem}' also belongs to {names[p.stem]}; ids must be unique")
         names[p.stem] = p
-        Slide(p, mpp=slide_mpp).close()
+        Slide(p, fallback_mpp=slide_mpp).close()
 
 
 def embed_slides(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike,

@@ -42,7 +42,7 @@ class SlideError(AlkitError):
 
 @dataclass(frozen=True)
 class MppInfo:
-    """Resolution of level 0 and where it came from (``"openslide"``, ``"tiff"`` or ``"override"``)."""
+    """Resolution of level 0 and where it came from (``"openslide"``, ``"tiff"``, ``"override"``, ``"fallback"``)."""
 
     x: float
     y: float
@@ -107,20 +107,25 @@ def _mpp_from_properties(props: openslide._PropertyMap) -> MppInfo | None:
 class Slide:
     """A whole slide image opened through OpenSlide.
 
-    ``mpp`` overrides the resolution stored in the file (microns per level-0 pixel); a slide
-    without resolution metadata needs it, and opening one without it raises :class:`SlideError`.
-    A ``Slide`` pickles as its path and override, so DataLoader workers each reopen their own
-    OpenSlide handle.
+    ``mpp`` overrides the resolution stored in the file (microns per level-0 pixel);
+    ``fallback_mpp`` is used only by a slide whose file has no resolution (a cohort-wide default that
+    never overrides real metadata). A slide without resolution metadata and without either raises
+    :class:`SlideError`. A ``Slide`` pickles as its path and resolution arguments, so DataLoader
+    workers each reopen their own OpenSlide handle.
     """
 
-    def __init__(self, path: str | os.PathLike, mpp: float | None = None):
+    def __init__(self, path: str | os.PathLike, mpp: float | None = None, fallback_mpp: float | None = None):
         self.path = Path(path)
-        self._mpp_override = mpp
-        if mpp is not None and not (isinstance(mpp, (int, float)) and math.isfinite(mpp) and mpp > 0):
-            raise SlideError(self.path, f"mpp override must be a positive number, got {mpp!r}")
+        self._mpp_override, self._fallback_mpp = mpp, fallback_mpp
+        for name, value in (("mpp override", mpp), ("fallback mpp", fallback_mpp)):
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise SlideError(self.path, f"{name} must be a positive number, got {value!r}")
         self._osr = self._open()
         metadata_mpp = _mpp_from_properties(self._osr.properties)
-        if mpp is not None:
+        if mpp is None and metadata_mpp is None and fallback_mpp is not None:
+            log.info("%s: no mpp metadata; using the fallback %.4g µm/px", self.path, fallback_mpp)
+            self.mpp_info = MppInfo(float(fallback_mpp), float(fallback_mpp), "fallback")
+        elif mpp is not None:
             if metadata_mpp and abs(metadata_mpp.mean - mpp) / mpp > 0.05:
                 log.warning("%s: mpp override %.4g differs from the file's %.4g (%s)",
                             self.path, mpp, metadata_mpp.mean, metadata_mpp.source)
@@ -129,8 +134,9 @@ class Slide:
             self._osr.close()
             raise SlideError(
                 self.path,
-                "no microns-per-pixel metadata; pass the resolution explicitly, "
-                "e.g. Slide(path, mpp=0.25) or `--mpp 0.25` on the command line",
+                "no microns-per-pixel metadata; pass the level-0 resolution explicitly: Slide(path, mpp=0.25) "
+                "in Python, `alkit info --mpp 0.25`, or `alkit embed --slide-mpp 0.25` (used only for "
+                "slides without metadata)",
             )
         else:
             self.mpp_info = metadata_mpp
@@ -150,10 +156,10 @@ class Slide:
 
     # -- pickling: reopen in the receiving process instead of sharing a handle ----------------
     def __getstate__(self) -> dict:
-        return {"path": self.path, "mpp": self._mpp_override}
+        return {"path": self.path, "mpp": self._mpp_override, "fallback_mpp": self._fallback_mpp}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["path"], mpp=state["mpp"])
+        self.__init__(state["path"], mpp=state["mpp"], fallback_mpp=state.get("fallback_mpp"))
 
     def close(self) -> None:
         self._osr.close()

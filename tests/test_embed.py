@@ -88,3 +88,11 @@ def test_embed_cli_errors_name_the_input(tmp_path):
         assert done.returncode == 2, done.stderr
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and reason in lines[0], done.stderr
+
+
+def test_slide_mpp_fills_in_only_where_metadata_is_missing(tmp_path, wsi):
+    config = EmbedConfig(**{**CONFIG.__dict__, "mpp": 1.0, "patch": 64})
+    stores = embed_slides([wsi("CMU-1-Small-Region.svs"), wsi("tcga-cr-7395-01a-01-ts1.svs")], tmp_path, config,
+                          slide_mpp=0.25, progress=False)
+    cmu, tcga = (EmbeddingStore.load(p) for p in stores)
+    assert cmu.attrs["slide_mpp"] == pytest.approx(0.499) and tcga.attrs["slide_mpp"] == 0.25

@@ -84,6 +84,15 @@ def test_missing_mpp_needs_an_override(wsi):
         Slide(path, mpp=-1)
 
 
+def test_fallback_mpp_only_fills_missing_metadata(wsi):
+    with Slide(wsi("tcga-cr-7395-01a-01-ts1.svs"), fallback_mpp=0.25) as slide:
+        assert slide.mpp == 0.25 and slide.mpp_info.source == "fallback"
+    with Slide(wsi("CMU-1-Small-Region.svs"), fallback_mpp=0.25) as slide:
+        assert slide.mpp == pytest.approx(0.499) and slide.mpp_info.source == "openslide"
+    clone = pickle.loads(pickle.dumps(Slide(wsi("tcga-cr-7395-01a-01-ts1.svs"), fallback_mpp=0.3)))
+    assert clone.mpp == 0.3 and clone.mpp_info.source == "fallback"
+
+
 def test_slide_pickles_as_path_and_reopens(wsi):
     slide = Slide(wsi("tcga-cr-7395-01a-01-ts1.svs"), mpp=0.3)
     clone = pickle.loads(pickle.dumps(slide))

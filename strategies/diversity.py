@@ -18,8 +18,12 @@ import numpy as np
 from alkit.clustering import kmeans
 from alkit.cohort import Cohort, CohortSlide
 from alkit.regions import overlap_mask
+from alkit.store import StoreHeader
 from alkit.strategy import Budget, Labeled, Selection
 from strategies._common import labeled_cells, to_picks
+
+
+CHUNK = 16_384  # feature rows read at a time
 
 
 class DiversityStrategy:
@@ -33,14 +37,15 @@ class DiversityStrategy:
 
     def windows(self, slide: CohortSlide, size: int, labeled: Labeled | None) -> tuple[np.ndarray, np.ndarray]:
         """Eligible windows of a slide: cell boxes ``(m, 4)`` and their features ``(m, C)``."""
-        store = slide.store()
+        store = StoreHeader.load(slide.store_path)  # features stream in chunks: memory per chunk, not per slide
         rows, cols = slide.grid.shape
         n_r, n_c = -(-rows // size), -(-cols // size)
-        feats = store.features.astype(np.float32)
-        feats /= np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
         window = (store.coords[:, 0] // size) * n_c + store.coords[:, 1] // size
-        sums = np.zeros((n_r * n_c, feats.shape[1]), np.float64)
-        np.add.at(sums, window, feats)
+        sums = np.zeros((n_r * n_c, store.dim), np.float64)
+        for start, block in store.feature_chunks(CHUNK):
+            feats = block.astype(np.float32)
+            feats /= np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+            np.add.at(sums, window[start:start + len(block)], feats)
         counts = np.bincount(window, minlength=n_r * n_c)
         tissue = np.add.reduceat(np.add.reduceat(slide.grid.tissue_fraction, np.arange(0, rows, size), axis=0),
                                  np.arange(0, cols, size), axis=1).ravel()

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from alkit.jsonfile import read_json
 from alkit.atomic import atomic_write_text
 from alkit.errors import AlkitError
 from alkit.grid import PatchGrid
@@ -66,10 +67,7 @@ class LabeledPool:
         path = Path(path)
         if not path.exists():
             return cls(path)
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise PoolError(f"{path}: unreadable pool file ({exc})") from None
+        doc = read_json(path, PoolError, "pool file")
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise PoolError(f"{path}: not an alkit pool file")
         regions = [LabeledRegion(**{**r, "box": tuple(r["box"])}) for r in doc.get("regions", [])]

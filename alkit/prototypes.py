@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from alkit import __version__
+from alkit.jsonfile import read_json
 from alkit.atomic import atomic_path, atomic_write_text
 from alkit.captions.database import CaptionDB
 from alkit.captions.images import Box, ImageEmbedder, ImagePrep
@@ -306,12 +307,7 @@ def read_boxes(path: str | os.PathLike) -> dict[str, Box]:
     """Per-image crop boxes from JSON: ``{id: [x, y, w, h]}`` or ``[{"id": ..., "box": [x, y, w, h]}, ...]``
     (image pixels, x = column)."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PrototypeError(f"{path}: no such crop-box file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PrototypeError(f"{path}: not a readable JSON file ({exc})") from exc
+    data = read_json(path, PrototypeError, "crop-box file")
     items = data.items() if isinstance(data, dict) else (
         ((d.get("id"), d.get("box")) for d in data if isinstance(d, dict)) if isinstance(data, list) else None)
     if items is None:

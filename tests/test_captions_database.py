@@ -106,7 +106,7 @@ def test_arch_errors(tmp_path):
         open_database(tmp_path)
     (tmp_path / "set").mkdir()
     (tmp_path / "set" / "captions.json").write_text("{not json")
-    with pytest.raises(CaptionDBError, match="not a readable JSON"):
+    with pytest.raises(CaptionDBError, match="not valid JSON"):
         load_arch(tmp_path / "set")
     (tmp_path / "set" / "captions.json").write_text(json.dumps({"0": {"caption": "no uuid"}}))
     with pytest.raises(CaptionDBError, match="lack 'uuid'"):

@@ -62,5 +62,5 @@ def test_foreign_files_are_refused(tmp_path):
     with pytest.raises(PoolError, match="not an alkit pool"):
         LabeledPool.open(tmp_path / "x.json")
     (tmp_path / "y.json").write_text("{broken")
-    with pytest.raises(PoolError, match="unreadable"):
+    with pytest.raises(PoolError, match="not valid JSON"):
         LabeledPool.open(tmp_path / "y.json")

@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from alkit.jsonfile import read_json
 from alkit.annotations import AnnotationFileError
 from alkit.atomic import atomic_write_text
 
@@ -88,12 +89,7 @@ def read_ncrf_json(path: str | os.PathLike) -> NcrfAnnotations:
     ``ValueError``) naming the file when it is not JSON, not NCRF-shaped, or has bad vertices.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such NCRF JSON file")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AnnotationFileError(f"{path}: not valid JSON ({exc})") from exc
+    data = read_json(path, AnnotationFileError, "NCRF JSON file", missing=FileNotFoundError)
     return parse_ncrf(data, path)
 
 

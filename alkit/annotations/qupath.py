@@ -38,6 +38,7 @@ import shapely.geometry
 from shapely.errors import ShapelyError
 from shapely.geometry.base import BaseGeometry
 
+from alkit.jsonfile import read_json
 from alkit.annotations import AnnotationFileError
 from alkit.atomic import atomic_write_text
 
@@ -135,12 +136,7 @@ def read_qupath_geojson(path: str | os.PathLike) -> list[QuPathFeature]:
     ``ValueError``) naming the file for anything that is not such GeoJSON.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such GeoJSON file")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AnnotationFileError(f"{path}: not valid JSON ({exc})") from exc
+    data = read_json(path, AnnotationFileError, "GeoJSON file", missing=FileNotFoundError)
     return parse_qupath_geojson(data, path)
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from alkit.jsonfile import read_json
 from alkit.captions.panels import panel_text
 from alkit.errors import AlkitError
 
@@ -362,12 +363,8 @@ def load_arch_set(folder: str | os.PathLike) -> CaptionDB:
     (keyword search still works; building prototypes needs the images)."""
     folder = Path(folder)
     path = folder / "captions.json"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CaptionDBError(f"{folder}: no captions.json (not an ARCH set)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CaptionDBError(f"{path}: not a readable JSON file ({exc})") from exc
+    data = read_json(path, CaptionDBError, "captions.json",
+                     missing_message=f"{folder}: no captions.json (not an ARCH set)")
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise CaptionDBError(f"{path}: expected ARCH's layout {{idx: {{caption, uuid, ...}}}}")
     bad = [k for k, v in data.items() if "uuid" not in v or "caption" not in v]

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from alkit.jsonfile import read_json
 from alkit.captions.database import CaptionDB, CaptionDBError
 from alkit.atomic import atomic_write_text
 
@@ -202,12 +203,7 @@ def read_id_list(path: str | os.PathLike) -> list[str]:
 def read_hits(path: str | os.PathLike) -> list[dict]:
     """A hits file (a JSON list of objects with at least ``id``), as written by :func:`write_hits`."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CaptionDBError(f"{path}: no such hits file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CaptionDBError(f"{path}: not a readable JSON hits file ({exc})") from exc
+    data = read_json(path, CaptionDBError, "hits file")
     if not isinstance(data, list) or not all(isinstance(h, dict) and str(h.get("id", "")).strip() for h in data):
         raise CaptionDBError(f"{path}: expected a JSON list of objects with an 'id' each")
     return data

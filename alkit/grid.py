@@ -102,6 +102,18 @@ class PatchGrid:
         boxes[:, 2:] = self.size0
         return boxes
 
+    def bounding_box(self, cells: np.ndarray) -> tuple[float, float, float, float]:
+        """Level-0 box ``(x, y, w, h)`` enclosing the ``(row, col)`` ``cells``, clipped to the slide
+        (all zeros for no cells)."""
+        cells = np.asarray(cells).reshape(-1, 2)
+        if len(cells) == 0:
+            return 0.0, 0.0, 0.0, 0.0
+        (r0, c0), (r1, c1) = cells.min(axis=0), cells.max(axis=0)
+        x0, y0 = float(c0 * self.stride0), float(r0 * self.stride0)
+        x1 = min(float(c1 * self.stride0 + self.size0), float(self.dimensions[0]))
+        y1 = min(float(r1 * self.stride0 + self.size0), float(self.dimensions[1]))
+        return x0, y0, x1 - x0, y1 - y0
+
     def tissue_cells(self, min_fraction: float = 0.5) -> np.ndarray:
         """``(row, col)`` of the cells whose tissue fraction reaches ``min_fraction`` (row-major)."""
         if self.tissue_fraction is None:

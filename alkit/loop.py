@@ -96,9 +96,13 @@ class ActiveLearningLoop:
             return 0.0
         return float(box_sums(values, [cells])[0]) * self._cell_mm2(slide.grid)
 
+    def tissue_mm2(self) -> float:
+        """Tissue area (mm²) of the cohort where regions are labeled."""
+        return sum(float(s.grid.tissue_fraction.sum()) * self._cell_mm2(s.grid) for s in self.cohort)
+
     def totals_mm2(self) -> tuple[float, float]:
         """Tissue and tumour area (mm²) of the cohort where regions are labeled."""
-        tissue = sum(float(s.grid.tissue_fraction.sum()) * self._cell_mm2(s.grid) for s in self.cohort)
+        tissue = self.tissue_mm2()
         tumour = sum(float(self.truth(s).sum()) * self._cell_mm2(s.grid) for s in self.cohort)
         return tissue, tumour
 
@@ -109,16 +113,17 @@ class ActiveLearningLoop:
     def label(self, cycle: int, strategy: Strategy) -> list:
         """Choose the regions of ``cycle`` with ``strategy``, have them labeled, add them to the pool."""
         selection = strategy.select(self.cohort, self.budget, self._rng(cycle), labeled=self.pool.labeled())
-        reports = []
-        for pick in selection.regions:
-            slide = self.cohort.slide(pick.slide)
-            reports.append({"tissue_mm2": self._area_mm2(slide, slide.grid.tissue_fraction, pick.box),
-                            "tumour_mm2": self._area_mm2(slide, self.truth(slide), pick.box)})
+        reports = [self.region_report(self.cohort.slide(pick.slide), pick.box) for pick in selection.regions]
         self.pool.add(selection.regions, cycle, reports)
         log.info("cycle %d: labeled %d regions with %s", cycle, len(selection.regions), strategy.name)
         for cb in self.callbacks:
             cb.on_labeled(self, cycle, selection)
         return selection.regions
+
+    def region_report(self, slide: CohortSlide, box: Box) -> dict:
+        """What the annotator reports for a labeled region: its tissue and tumour area (mm²)."""
+        return {"tissue_mm2": self._area_mm2(slide, slide.grid.tissue_fraction, box),
+                "tumour_mm2": self._area_mm2(slide, self.truth(slide), box)}
 
     def training_examples(self, max_cycle: int | None = None) -> list:
         """Labeled cells (of regions of cycles ≤ ``max_cycle``, default all) of every slide: tumour when

@@ -50,6 +50,7 @@ class LabeledRegion:
     tissue_mm2: float = 0.0
     tumour_mm2: float = 0.0
     mitoses: int | None = None
+    hard_negatives: int | None = None
 
 
 @dataclass
@@ -100,7 +101,7 @@ class LabeledPool:
             new.append(LabeledRegion(p.slide, tuple(int(v) for v in p.box), int(cycle), p.strategy, p.cls,
                                      None if p.score is None or np.isnan(p.score) else float(p.score),
                                      float(rep.get("tissue_mm2", 0.0)), float(rep.get("tumour_mm2", 0.0)),
-                                     rep.get("mitoses")))
+                                     rep.get("mitoses"), rep.get("hard_negatives")))
         self.regions.extend(new)
         self.save()
 

@@ -507,3 +507,33 @@ class MitosisDetectorTask:
         thr = self.score_thresh if min_score is None else min_score
         sel = scores >= thr
         return pts[sel].reshape(-1, 2), scores[sel]
+
+    # -- acquisition -------------------------------------------------------------------------------
+    def predict_proba(self, store) -> np.ndarray:
+        """``(rows, cols)`` float32 map of the store's grid: the best detection score whose centre lies in
+        each cell (the probability that the cell holds a mitosis), 0 where nothing is embedded.
+
+        This is what uncertainty acquisition scores (:func:`alkit.uncertainty.acquisition_map`): the
+        entropy of a cell is highest where the detector's best guess there is near 0.5. The detector
+        runs over the bounding box of the embedded cells, at the task's ``score_thresh``.
+        """
+        from alkit.store import StoreHeader
+
+        header = store if hasattr(store, "coords") else StoreHeader.load(store)
+        grid, coords = header.grid, header.coords
+        out = np.zeros(grid.shape, np.float32)
+        if len(coords) == 0:
+            return out
+        pts, scores = self.detect(header.attrs["slide_path"], [grid.bounding_box(coords)], slide_mpp=grid.slide_mpp)
+        cells = grid.cells_of_points(pts)
+        rows, cols = np.clip(cells[:, 0], 0, grid.shape[0] - 1), np.clip(cells[:, 1], 0, grid.shape[1] - 1)
+        np.maximum.at(out, (rows, cols), scores.astype(np.float32))
+        valid = np.zeros(grid.shape, bool)
+        valid[coords[:, 0], coords[:, 1]] = True
+        out[~valid] = 0.0
+        return out
+
+    def predict_mc(self, store, samples: int = 20) -> np.ndarray:
+        """Not defined for the detector (no dropout): use entropy, margin or least confidence."""
+        raise NotImplementedError("MC-dropout (bald) acquisition is not available for the mitosis detector; "
+                                  "use measure entropy, margin or least_confidence")

@@ -292,7 +292,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
 def _print_summary(summary: dict, tracking_uri: str) -> None:
     print(summary["markdown"].read_text())
     print(f"summary table: {summary['markdown']}  (CSV: {summary['csv']})")
-    print(f"plots:         {summary['miou_vs_tissue']}  {summary['tumour_vs_tissue']}")
+    print(f"plots:         {'  '.join(str(v) for k, v in summary.items() if k not in ('markdown', 'csv'))}")
     print(f"MLflow UI:     mlflow ui --backend-store-uri {tracking_uri}")
 
 
@@ -315,8 +315,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     _quiet_lightning()
     uri = resolve_tracking_uri(args.tracking_uri)
     result = run_demo(args.out, quick=args.quick, tracking_uri=uri, progress=not args.quiet)
-    print(f"{len(result['runs'])} runs of {result['config']}")
+    print(f"{len(result['runs'])} runs of {result['config']} (tumour segmentation)")
     _print_summary(result["summary"], uri)
+    print(f"\n{len(result['mitosis_runs'])} runs of {result['mitosis_config']} (mitotic-figure detection)")
+    _print_summary(result["mitosis_summary"], uri)
     return 0
 
 

@@ -30,6 +30,13 @@ from alkit.errors import AlkitError
 log = logging.getLogger(__name__)
 
 METRICS = ("miou_tumour", "annotated_tissue_pct", "annotated_tumour_pct", "fp_rate_tumour_free")
+DETECTION_METRICS = ("f1", "precision", "recall", "annotated_mitoses_ratio", "annotated_tissue_pct", "threshold")
+#: per task kind: the summary's metrics and its plots (y metric, file name), each against annotated tissue %
+SUMMARY = {
+    "segmentation": (METRICS, (("miou_tumour", "miou_vs_tissue"), ("annotated_tumour_pct", "tumour_vs_tissue"))),
+    "detection": (DETECTION_METRICS, (("f1", "f1_vs_tissue"), ("annotated_mitoses_ratio", "mitoses_vs_tissue"))),
+}
+TASK_KINDS = tuple(SUMMARY)
 
 
 class ConfigError(AlkitError, ValueError):
@@ -59,7 +66,13 @@ class StudyConfig:
     task: dict
     out: Path
     slide_mpp: float | None = None
+    validation_slides: list[Path] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        """The task: ``"segmentation"`` (tumour, mIoU) or ``"detection"`` (mitotic figures, F1)."""
+        return self.task.get("kind", "segmentation")
 
 
 def _get(raw: Mapping, key: str, path: Path, kind: type | tuple, default: Any = ...) -> Any:
@@ -112,9 +125,10 @@ def load_config(path: str | os.PathLike) -> StudyConfig:
         return str(p if os.path.isabs(p) else base / p)
 
     task = dict(_get(raw, "task", path, dict, {}))
-    if task.get("kind", "segmentation") != "segmentation":
-        raise ConfigError(f"{path}: key 'task.kind' = {task['kind']!r} is not available in this alkit version "
-                          "(only 'segmentation'; mitotic-figure detection is planned)")
+    kind = task.get("kind", "segmentation")
+    if kind not in TASK_KINDS:
+        raise ConfigError(f"{path}: key 'task.kind' must be one of {list(TASK_KINDS)}, got {kind!r}")
+    _check_task_params(task, path)
     strategies = _get(raw, "strategies", path, list)
     registered = available_strategies()
     for s in strategies:
@@ -127,13 +141,35 @@ def load_config(path: str | os.PathLike) -> StudyConfig:
         slides = expand_slide_paths([resolve(s) for s in _as_list(_get(raw, "cohort.slides", path, (str, list)))])
         test = _get(raw, "cohort.test_slides", path, (str, list), None)
         test_slides = expand_slide_paths([resolve(s) for s in _as_list(test)]) if test else []
+        val = _get(raw, "cohort.validation_slides", path, (str, list), None)
+        validation_slides = expand_slide_paths([resolve(s) for s in _as_list(val)]) if val else []
     except SlideError as exc:
         raise ConfigError(f"{path}: key 'cohort.slides': {exc}") from None
-    for p in slides + test_slides:
+    for p in slides + test_slides + validation_slides:
         if not p.exists():
             raise ConfigError(f"{path}: key 'cohort.slides': {p} does not exist")
+    if validation_slides and kind != "detection":
+        raise ConfigError(f"{path}: key 'cohort.validation_slides' is used by task.kind 'detection' only "
+                          "(segmentation has no threshold to choose)")
     truth = dict(_get(raw, "cohort.ground_truth", path, dict))
-    if "synthetic" in truth:
+    point_sources = [k for k in ("sliderunner", "coco") if k in truth]
+    if point_sources and kind != "detection":
+        raise ConfigError(f"{path}: key 'cohort.ground_truth.{point_sources[0]}' holds mitosis points, for "
+                          "task.kind 'detection'; tumour ground truth is 'folder' (+ 'pattern') or 'synthetic'")
+    if "sliderunner" in truth:
+        try:
+            truth["sliderunner"] = [str(p) for p in expand_slide_paths(
+                [resolve(s) for s in _as_list(truth["sliderunner"])])]
+        except SlideError as exc:
+            raise ConfigError(f"{path}: key 'cohort.ground_truth.sliderunner': {exc}") from None
+        for db in truth["sliderunner"]:
+            if not Path(db).is_file():
+                raise ConfigError(f"{path}: key 'cohort.ground_truth.sliderunner': no file {db}")
+    elif "coco" in truth:
+        truth["coco"] = resolve(truth["coco"])
+        if not Path(truth["coco"]).is_file():
+            raise ConfigError(f"{path}: key 'cohort.ground_truth.coco': no file {truth['coco']}")
+    elif "synthetic" in truth:
         truth["synthetic"] = resolve(truth["synthetic"])
         if not Path(truth["synthetic"]).is_dir():
             raise ConfigError(f"{path}: key 'cohort.ground_truth.synthetic': no folder {truth['synthetic']}")
@@ -142,7 +178,19 @@ def load_config(path: str | os.PathLike) -> StudyConfig:
         if not Path(truth["folder"]).is_dir():
             raise ConfigError(f"{path}: key 'cohort.ground_truth.folder': no folder {truth['folder']}")
     else:
-        raise ConfigError(f"{path}: key 'cohort.ground_truth' needs 'folder' (+ 'pattern') or 'synthetic'")
+        extra = " or, for detection, 'sliderunner' / 'coco'" if kind == "detection" else ""
+        raise ConfigError(f"{path}: key 'cohort.ground_truth' needs 'folder' (+ 'pattern') or 'synthetic'{extra}")
+    if kind == "detection":
+        from alkit.oracle import OracleError, check_classes
+
+        try:
+            check_classes(truth.get("classes"))
+        except OracleError as exc:
+            raise ConfigError(f"{path}: key 'cohort.ground_truth.classes': {exc}") from None
+        if "folder" in truth and not any(Path(truth["folder"]).glob(
+                truth.get("pattern", "{slide}.sqlite").replace("{slide}", "*"))):
+            raise ConfigError(f"{path}: key 'cohort.ground_truth.folder': no SlideRunner database matches "
+                              f"{truth.get('pattern', '{slide}.sqlite')!r} in {truth['folder']}")
     embedding = dict(_get(raw, "embedding", path, dict))
     _get(raw, "embedding.encoder", path, str)
     embedding["out"] = resolve(_get(raw, "embedding.out", path, str))
@@ -161,17 +209,53 @@ def load_config(path: str | os.PathLike) -> StudyConfig:
                                       "'prompt' (retrieval) or 'ids'")
         else:
             raise ConfigError(f"{path}: key 'prototypes' needs 'path' (a built set) or 'db' + 'classes'")
+        if kind == "detection" and "db" in protos:
+            if len(protos["classes"]) != 1:
+                raise ConfigError(f"{path}: key 'prototypes.classes': detection prototypes are one class of mitosis "
+                                  f"crops, got {sorted(protos['classes'])}")
+            crops = dict(_get(raw, "prototypes.crops", path, dict, {}))
+            unknown_crops = sorted(set(crops) - {"figures", "boxes", "side"})
+            if unknown_crops:
+                raise ConfigError(f"{path}: key 'prototypes.crops' knows 'figures' (a synthetic truth.json), "
+                                  f"'boxes' (a crop-box JSON) and 'side' (centre crops, px); got {unknown_crops}")
+            for key in ("figures", "boxes"):
+                if key in crops:
+                    crops[key] = resolve(crops[key])
+                    if not Path(crops[key]).is_file():
+                        raise ConfigError(f"{path}: key 'prototypes.crops.{key}': no file {crops[key]}")
+            protos["crops"] = crops
     cycles = _get(raw, "loop.cycles", path, int, 3)
     if cycles < 1:
         raise ConfigError(f"{path}: key 'loop.cycles' must be >= 1, got {cycles}")
     acquisition = dict(_get(raw, "loop.acquisition", path, dict, {"measure": "entropy"}))
+    if kind == "detection" and acquisition.get("measure") == "bald":
+        raise ConfigError(f"{path}: key 'loop.acquisition.measure': 'bald' needs MC dropout, which the mitosis "
+                          "detector has not; use entropy, margin or least_confidence")
     return StudyConfig(
         path=path, raw=raw, study=_get(raw, "study", path, str), slides=slides, test_slides=test_slides,
         ground_truth=truth, embedding=embedding, prototypes=protos, strategies=list(strategies), selector=selector,
         n=_int_list(raw, "budgets.n", path), l=_int_list(raw, "budgets.l", path),
         seeds=_int_list(raw, "seeds", path, positive=False), cycles=cycles, acquisition=acquisition, task=task,
         out=Path(resolve(_get(raw, "out", path, str))),
-        slide_mpp=_get(raw, "cohort.slide_mpp", path, (int, float), None))
+        slide_mpp=_get(raw, "cohort.slide_mpp", path, (int, float), None), validation_slides=validation_slides)
+
+
+def _task_class(kind: str) -> type:
+    from alkit.tasks import MitosisDetectorTask, PatchClassifierTask
+
+    return MitosisDetectorTask if kind == "detection" else PatchClassifierTask
+
+
+def _check_task_params(task: dict, path: Path) -> None:
+    """Every key of ``task`` (but ``kind``) must be a parameter of the task's model."""
+    import inspect
+
+    cls = _task_class(task.get("kind", "segmentation"))
+    accepted = set(inspect.signature(cls).parameters) - {"seed", "logger", "callbacks", "self"}
+    unknown = sorted(set(task) - accepted - {"kind"})
+    if unknown:
+        raise ConfigError(f"{path}: key 'task' has unknown parameter(s) {unknown} for {cls.__name__}; "
+                          f"known: {sorted(accepted)}")
 
 
 def _as_list(value: Any) -> list:
@@ -180,9 +264,20 @@ def _as_list(value: Any) -> list:
 
 # ------------------------------------------------------------------------------------------ inputs
 def _oracle(config: StudyConfig):
-    from alkit.oracle import TumourOracle
+    """The simulated annotator: tumour ground truth, or (detection) mitosis points."""
+    from alkit.oracle import MitosisOracle, TumourOracle
 
     truth = config.ground_truth
+    if config.kind == "detection":
+        classes = truth.get("classes")
+        if "sliderunner" in truth:
+            return MitosisOracle.from_sliderunner(truth["sliderunner"], classes=classes, mpp=config.slide_mpp)
+        if "coco" in truth:
+            return MitosisOracle.from_coco(truth["coco"], classes=classes, mpp=config.slide_mpp)
+        if "synthetic" in truth:
+            return TumourOracle.from_synthetic(truth["synthetic"]).mitosis
+        dbs = sorted(Path(truth["folder"]).glob(truth.get("pattern", "{slide}.sqlite").replace("{slide}", "*")))
+        return MitosisOracle.from_sliderunner(dbs, classes=classes, mpp=config.slide_mpp)
     if "synthetic" in truth:
         return TumourOracle.from_synthetic(truth["synthetic"])
     return TumourOracle.from_folder(truth["folder"], truth.get("pattern", "{slide}.xml"), mpp=config.slide_mpp)
@@ -202,7 +297,7 @@ def _embed(config: StudyConfig, paths: list[Path], progress: bool):
 
 def _prototypes(config: StudyConfig):
     """The study's prototype set: a built one, or built now from the caption database (cached on disk)."""
-    from alkit.captions import KeywordQuery, open_database, search
+    from alkit.captions import open_database
     from alkit.encoders import get_encoder
     from alkit.prototypes import PrototypeSet, build_prototypes
 
@@ -214,30 +309,54 @@ def _prototypes(config: StudyConfig):
         return PrototypeSet.load(folder)
     db = open_database(p["db"])
     encoder = get_encoder(config.embedding["encoder"])
+    if config.kind == "detection":
+        prototypes = _mitosis_prototypes(db, p, encoder)
+        prototypes.save(folder)
+        return prototypes
     ids, queries = {}, {}
     for name, q in p["classes"].items():
-        if "ids" in q:
-            ids[name] = list(q["ids"])
-            continue
-        query = KeywordQuery(name, tuple(tuple(g) for g in q["with"]), tuple(q.get("without", ())),
-                             q.get("mode", "substring"))
-        found = search(db, query)
-        ids[name], queries[name] = list(found.ids), {"keywords": {"with": q["with"], "without": q.get("without", [])}}
+        ids[name], query = _class_ids(db, name, q)
+        if "keywords" in query:
+            queries[name] = query
     prototypes = build_prototypes(db, ids, encoder, queries=queries)
     prototypes.save(folder)
     return prototypes
 
 
-def _task(config: StudyConfig, seed: int, logger=None):
-    from alkit.tasks import PatchClassifierTask
+def _class_ids(db, name: str, q: dict) -> tuple[list[str], dict]:
+    """The image ids of one prototype class (given, or found by keyword search) and the query that found them."""
+    from alkit.captions import KeywordQuery, search
 
+    if "ids" in q:
+        return list(q["ids"]), {"ids": list(q["ids"])}
+    query = KeywordQuery(name, tuple(tuple(g) for g in q["with"]), tuple(q.get("without", ())),
+                         q.get("mode", "substring"))
+    return list(search(db, query).ids), {"keywords": {"with": q["with"], "without": q.get("without", [])}}
+
+
+def _mitosis_prototypes(db, p: dict, encoder):
+    """Detection prototypes: 64 × 64 crops around the figure of every image found for the one class."""
+    from alkit.mitosis_prototypes import PATCH_PX, build_mitosis_prototypes, synthetic_mitosis_boxes
+    from alkit.prototypes import read_boxes
+
+    ((name, q),) = p["classes"].items()
+    ids, query = _class_ids(db, name, q)
+    crops = p.get("crops", {})
+    boxes = (synthetic_mitosis_boxes(crops["figures"]) if "figures" in crops
+             else read_boxes(crops["boxes"]) if "boxes" in crops else {})
+    return build_mitosis_prototypes(db, ids, encoder, boxes=boxes, side=crops.get("side", PATCH_PX), name=name,
+                                    query=query)
+
+
+def _task(config: StudyConfig, seed: int, logger=None):
     params = {k: v for k, v in config.task.items() if k != "kind"}
-    return PatchClassifierTask(seed=seed, logger=logger, **params)
+    return _task_class(config.kind)(seed=seed, logger=logger, **params)
 
 
 # ------------------------------------------------------------------------------------------ running
 def run_study(config: StudyConfig, tracking_uri: str | None = None, progress: bool = True) -> list[dict]:
     """Run every (strategy, n, l, seed) of the study not already finished; returns the finished runs."""
+    from alkit.detection_loop import DetectionLoop
     from alkit.export import write_selection
     from alkit.loop import ActiveLearningLoop, LoopCallback
     from alkit.pool import LabeledPool
@@ -246,6 +365,7 @@ def run_study(config: StudyConfig, tracking_uri: str | None = None, progress: bo
 
     cohort = _embed(config, config.slides, progress)
     test_cohort = _embed(config, config.test_slides, progress) if config.test_slides else None
+    validation_cohort = _embed(config, config.validation_slides, progress) if config.validation_slides else None
     oracle = _oracle(config)
     prototypes = _prototypes(config) if "prototype" in config.strategies else None
     tracker = Tracker(config.study, tracking_uri)
@@ -260,6 +380,7 @@ def run_study(config: StudyConfig, tracking_uri: str | None = None, progress: bo
             continue
         params = {"strategy": strategy, "n": n, "l": l, "seed": seed, "encoder": config.embedding["encoder"],
                   "selector": config.selector, "cycles": config.cycles, "acquisition": config.acquisition,
+                  "task_kind": config.kind,
                   "prototypes": prototypes.meta if prototypes is not None and strategy == "prototype" else "",
                   "alkit_version": __version__, "config_hash": digest}
         name = f"{strategy}-n{n}-l{l}-s{seed}"
@@ -276,9 +397,12 @@ def run_study(config: StudyConfig, tracking_uri: str | None = None, progress: bo
                         write_selection(selection, loop.cohort, tmp)  # regions.json, qupath/, asap/, png/
                         run.log_artifact(tmp, f"cycle_{cycle}")
 
-            loop = ActiveLearningLoop(cohort, initial, acquisition, task, oracle, Budget(n, l), config.cycles,
-                                      LabeledPool.open(pool_path), test_cohort=test_cohort, seed=seed,
-                                      callbacks=[Tracking()])
+            common = dict(test_cohort=test_cohort, seed=seed, callbacks=[Tracking()])
+            if config.kind == "detection":
+                common["validation_cohort"] = validation_cohort
+            loop = (DetectionLoop if config.kind == "detection" else ActiveLearningLoop)(
+                cohort, initial, acquisition, task, oracle, Budget(n, l), config.cycles, LabeledPool.open(pool_path),
+                **common)
             # metrics come from the pool, so cycles finished before an interruption are logged too
             for result in loop.run():
                 run.log_metrics({k: v for k, v in result.metrics.items() if isinstance(v, (int, float))},
@@ -296,7 +420,11 @@ def _median(values: list[float]) -> float:
 
 
 def summarise_study(runs: list[dict], out: str | os.PathLike) -> dict[str, Path]:
-    """Median over seeds per (strategy, n, l, cycle): CSV, markdown table and Fig.2-style plots."""
+    """Median over seeds per (strategy, n, l, cycle): CSV, markdown table and Fig.2-style plots.
+
+    The metrics follow the runs' task (param ``task_kind``): mIoU and annotated tumour % for
+    segmentation, F1 and the annotated-mitoses ratio for detection; each plotted against annotated tissue %.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -305,17 +433,21 @@ def summarise_study(runs: list[dict], out: str | os.PathLike) -> dict[str, Path]
     from alkit.atomic import atomic_path, atomic_write_text
 
     out = Path(out)
+    kinds = {r["params"].get("task_kind", "segmentation") for r in runs} or {"segmentation"}
+    if len(kinds) > 1:
+        raise ValueError(f"runs of different tasks ({sorted(kinds)}) cannot share one summary")
+    metrics, plots = SUMMARY[kinds.pop()]
     rows: dict[tuple, dict[str, list[float]]] = {}
     for r in runs:
         p = r["params"]
-        for metric in METRICS:
+        for metric in metrics:
             for step, value in r["history"].get(metric, []):
                 rows.setdefault((p["strategy"], int(p["n"]), int(p["l"]), int(step)), {}).setdefault(metric, []) \
                     .append(value)
     table = [{"strategy": s, "n": n, "l": l, "cycle": c, "seeds": max(len(v) for v in m.values()),
-              **{k: _median(m.get(k, [])) for k in METRICS}}
+              **{k: _median(m.get(k, [])) for k in metrics}}
              for (s, n, l, c), m in sorted(rows.items())]
-    fields = ["strategy", "n", "l", "cycle", "seeds", *METRICS]
+    fields = ["strategy", "n", "l", "cycle", "seeds", *metrics]
     with atomic_path(out / "summary.csv") as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
@@ -325,7 +457,7 @@ def summarise_study(runs: list[dict], out: str | os.PathLike) -> dict[str, Path]
            for row in table]
     atomic_write_text(out / "summary.md", "\n".join(md) + "\n")
     paths = {"csv": out / "summary.csv", "markdown": out / "summary.md"}
-    for y, name in (("miou_tumour", "miou_vs_tissue"), ("annotated_tumour_pct", "tumour_vs_tissue")):
+    for y, name in plots:
         fig, axes = plt.subplots(1, max(1, len({r["l"] for r in table})), figsize=(5 * len({r["l"] for r in table}), 4),
                                  squeeze=False)
         for ax, l in zip(axes[0], sorted({r["l"] for r in table})):

@@ -126,7 +126,8 @@ def mitosis_label(name: str | None, classes: Mapping[str, str | None] | None = N
     return None
 
 
-def _check_classes(classes: Mapping[str, str | None] | None) -> None:
+def check_classes(classes: Mapping[str, str | None] | None) -> None:
+    """Raise :class:`OracleError` unless every class maps to "mitosis", "hard_negative" or None."""
     for k, v in (classes or {}).items():
         if v not in (MITOSIS, HARD_NEGATIVE, None):
             raise OracleError(f"class {k!r} maps to {v!r}; use 'mitosis', 'hard_negative' or None")
@@ -327,7 +328,7 @@ class MitosisOracle:
         ``directory/stem``. Classes the rules of :func:`mitosis_label` (and ``classes``) do not
         map are ignored with a warning.
         """
-        _check_classes(classes)
+        check_classes(classes)
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         found: dict[str, dict[str, list]] = {MITOSIS: {}, HARD_NEGATIVE: {}}
@@ -364,7 +365,7 @@ class MitosisOracle:
         more box centres then fall inside their images (``width``/``height``) than as ``xywh``; the
         choice is logged. Without image sizes it keeps ``xywh``: give ``bbox_format`` then.
         """
-        _check_classes(classes)
+        check_classes(classes)
         path = Path(path)
         data = _read_json(path, "COCO JSON")
         if not isinstance(data, dict) or not all(isinstance(data.get(k), list)
@@ -916,7 +917,7 @@ class AnnotationOracle(TumourOracle):
         A slide with regions but no drawing file is an error unless ``allow_missing`` (then it
         counts as annotated and tumour-free).
         """
-        _check_classes(mitosis_classes)
+        check_classes(mitosis_classes)
         folder = Path(folder)
         if not folder.is_dir():
             raise OracleError(f"{folder}: no such drawings folder")

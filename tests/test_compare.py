@@ -57,7 +57,10 @@ def test_invalid_configs_fail_before_any_work_naming_the_key(demo_study, tmp_pat
         ("cohort.slides", ["/nowhere/*.tif"], "key 'cohort.slides'"),
         ("selector", "best", "key 'selector'"),
         ("loop.cycles", 0, "key 'loop.cycles' must be >= 1"),
-        ("task", {"kind": "detection"}, "key 'task.kind'"),
+        ("task", {"kind": "tracking"}, "key 'task.kind' must be one of ['segmentation', 'detection']"),
+        ("task", {"epochs": 3}, "key 'task' has unknown parameter(s) ['epochs'] for PatchClassifierTask"),
+        ("cohort.validation_slides", base["cohort"]["test_slides"], "used by task.kind 'detection' only"),
+        ("cohort.ground_truth", {"sliderunner": "x.sqlite"}, "for task.kind 'detection'"),
         ("prototypes", None, "key 'prototypes' is required"),
         ("colour", "red", "unknown key(s) ['colour']"),
     ]
@@ -101,8 +104,10 @@ def test_demo_quick_runs_from_the_command_line(tmp_path, capsys, monkeypatch):
     assert main(["demo", "--quick", "--out", str(tmp_path / "demo"), "-q"]) == 0
     out = capsys.readouterr().out
     assert "3 runs of" in out and "| prototype | 1 | 1024 | 0 |" in out
+    assert "(mitotic-figure detection)" in out and "annotated_mitoses_ratio" in out
     assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db" in out
     assert (tmp_path / "mlflow.db").exists() and (tmp_path / "demo" / "results" / "summary.csv").exists()
+    assert (tmp_path / "demo" / "results-mitosis" / "mitoses_vs_tissue.png").exists()
 
 
 def test_comparison_against_a_real_tracking_server(demo_study, tmp_path):
@@ -128,7 +133,97 @@ def test_shipped_configs_are_well_formed():
     # the paper's configs point at data this machine does not have: validation gets as far as the slides
     with pytest.raises(ConfigError, match="key 'cohort.slides'"):
         load_config(experiments / "camelyon16.yaml")
-    with pytest.raises(ConfigError, match="key 'task.kind'"):
+    with pytest.raises(ConfigError, match="key 'cohort.slides'"):
         load_config(experiments / "mitos_wsi_cmc.yaml")
+    mitos = yaml.safe_load((experiments / "mitos_wsi_cmc.yaml").read_text())
+    assert mitos["task"]["kind"] == "detection" and mitos["embedding"]["patch"] == mitos["embedding"]["stride"] == 64
     synthetic = yaml.safe_load((experiments / "synthetic.yaml").read_text())
     assert synthetic["strategies"] == ["random", "diversity", "prototype"]
+
+
+# ------------------------------------------------------------------------------------------ detection
+
+TINY_DETECTOR = {"kind": "detection", "mpp": 0.5, "patch": 64, "fpn_channels": 32, "patches_per_epoch": 6,
+                 "patches_per_epoch_small": 6, "max_epochs": 1, "batch_size": 3, "tile": 256, "accelerator": "cpu",
+                 "score_thresh": 0.01}
+
+
+@pytest.fixture(scope="module")
+def detection_study(synthetic_cohort):
+    """The quick demo's detection study over the shared synthetic cohort, with a tiny detector and the
+    mitoses read from the cohort's SlideRunner database (``ground_truth.sliderunner``)."""
+    from alkit.demo import demo_detection_config
+
+    root = Path(synthetic_cohort.root)
+    config = demo_detection_config(root, quick=True)
+    config["task"] = dict(TINY_DETECTOR)
+    config["cohort"]["ground_truth"] = {"sliderunner": os.path.relpath(synthetic_cohort.mitoses_db, root.parent)}
+    config["strategies"] = ["random", "prototype"]
+    config["out"] = "results-detection-test"
+    # 2 of the 4 slides carry tumour (and nearly all mitoses): one tests, the other is labeled, none validates
+    config["cohort"]["slides"] += config["cohort"].pop("validation_slides")
+    path = root.parent / "study-detection.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_detection_configs_are_validated(detection_study, tmp_path):
+    base = yaml.safe_load(detection_study.read_text())
+    here = detection_study.parent
+    base["cohort"]["validation_slides"] = base["cohort"]["slides"][-1:]
+    for key in ("slides", "validation_slides", "test_slides"):
+        base["cohort"][key] = [str(here / p) for p in base["cohort"][key]]
+    base["cohort"]["ground_truth"]["sliderunner"] = str(here / base["cohort"]["ground_truth"]["sliderunner"])
+    base["prototypes"]["db"] = str(here / base["prototypes"]["db"])
+    base["prototypes"]["crops"]["figures"] = str(here / base["prototypes"]["crops"]["figures"])
+    config = load_config(_write(tmp_path, base))
+    assert config.kind == "detection" and len(config.validation_slides) == 1
+    cases = [
+        ("loop.acquisition", {"measure": "bald"}, "'bald' needs MC dropout"),
+        ("prototypes.classes", {"a": {"ids": ["1"]}, "b": {"ids": ["2"]}}, "one class of mitosis crops"),
+        ("prototypes.crops", {"centre": 3}, "key 'prototypes.crops' knows"),
+        ("prototypes.crops", {"boxes": "/nowhere/boxes.json"}, "key 'prototypes.crops.boxes': no file"),
+        ("cohort.ground_truth", {"sliderunner": "/nowhere/*.sqlite"}, "key 'cohort.ground_truth.sliderunner'"),
+        ("cohort.ground_truth", {"coco": "/nowhere.json"}, "key 'cohort.ground_truth.coco': no file"),
+        ("cohort.ground_truth", {"folder": str(tmp_path)}, "no SlideRunner database matches"),
+        ("cohort.ground_truth", {"sliderunner": base["cohort"]["ground_truth"]["sliderunner"],
+                                 "classes": {"Mitotic figure": "yes"}}, "key 'cohort.ground_truth.classes'"),
+        ("task", {"kind": "detection", "fpn": 3}, "unknown parameter(s) ['fpn'] for MitosisDetectorTask"),
+    ]
+    for key, value, message in cases:
+        with pytest.raises(ConfigError) as err:
+            load_config(_write(tmp_path, base, **{key: value}))
+        assert message in str(err.value), (key, str(err.value))
+
+
+def test_detection_study_is_tracked_and_summarised(detection_study, synthetic_cohort, tmp_path):
+    from alkit.oracle import MitosisOracle
+    from alkit.prototypes import PrototypeSet
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = load_config(detection_study)
+    runs = run_study(config, tracking_uri=uri, progress=False)
+    assert sorted(r["params"]["strategy"] for r in runs) == ["prototype", "random"]
+    oracle = MitosisOracle.from_sliderunner(synthetic_cohort.mitoses_db)
+    train_ids = {Path(p).stem for p in config.slides}
+    total = sum(len(oracle.mitoses(s)) for s in train_ids)
+    for r in runs:
+        assert r["params"]["task_kind"] == "detection"
+        assert [s for s, _ in r["history"]["f1"]] == [0]  # one cycle: the initial set
+        (_, ratio), = r["history"]["annotated_mitoses_ratio"]
+        pool = json.loads(next((config.out / "pools").glob(f"{r['params']['strategy']}-*.json")).read_text())
+        assert all(reg["mitoses"] is not None for reg in pool["regions"])
+        assert ratio == pytest.approx(sum(reg["mitoses"] for reg in pool["regions"]) / total)
+        metrics = pool["cycle_metrics"]["0"]
+        assert metrics["threshold_chosen_on"] == "labeled regions"
+        assert metrics["tp"] + metrics["fn"] == sum(len(oracle.mitoses(Path(p).stem)) for p in config.test_slides)
+    prototypes = PrototypeSet.load(config.out / "prototypes")
+    assert list(prototypes.classes) == ["mitotic figure"]
+    assert prototypes.preprocessing["mode"] == "resize" and prototypes.preprocessing["size"] == 64
+    summary = summarise_study(runs, tmp_path / "summary")
+    header = summary["markdown"].read_text().splitlines()[0]
+    assert "| f1 |" in header and "annotated_mitoses_ratio" in header and "miou" not in header
+    assert summary["f1_vs_tissue"].stat().st_size > 1000 and summary["mitoses_vs_tissue"].exists()
+    with pytest.raises(ValueError, match="different tasks"):
+        summarise_study(runs + [{**runs[0], "params": {**runs[0]["params"], "task_kind": "segmentation"}}],
+                        tmp_path / "mixed")

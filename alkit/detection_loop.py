@@ -9,7 +9,8 @@ from the pool file); what differs is what the annotator reveals and how a model 
   labeled regions, the oracle's points and the slide's tissue area (the detector's
   small-labeled-area rule needs the cohort's tissue, so slides without regions come too).
 * **Evaluation** (:mod:`alkit.detection_metrics`): the detector runs over the tissue of every test
-  slide; the score threshold is chosen for the best pooled F1 on the validation slides, or — without
+  slide, and detections and mitoses count where they lie on the slide's embedded (tissue) cells —
+  what the model is meant for; a pen stroke across the glass is not scored; the score threshold is chosen for the best pooled F1 on the validation slides, or — without
   validation slides — on the labeled regions of the cohort (in-sample, so optimistic; a warning
   says so); F1 / precision / recall are then pooled over the test slides at that threshold, and per
   slide. The annotated-mitoses ratio is the share of the cohort's mitoses inside labeled regions.
@@ -50,6 +51,18 @@ class MitosisOracleLike(Protocol):
 def tissue_box(slide: CohortSlide) -> tuple[float, float, float, float]:
     """The level-0 bounding box ``(x, y, w, h)`` of the slide's embedded (tissue) cells."""
     return slide.grid.bounding_box(StoreHeader.load(slide.store_path).coords)
+
+
+def on_tissue(slide: CohortSlide, points: np.ndarray) -> np.ndarray:
+    """Mask of the level-0 ``points`` that lie in one of the slide's embedded (tissue) cells."""
+    grid, coords = slide.grid, StoreHeader.load(slide.store_path).coords
+    valid = np.zeros(grid.shape, bool)
+    valid[coords[:, 0], coords[:, 1]] = True
+    cells = grid.cells_of_points(points)
+    inside = (cells >= 0).all(axis=1) & (cells[:, 0] < grid.shape[0]) & (cells[:, 1] < grid.shape[1])
+    mask = np.zeros(len(cells), bool)
+    mask[inside] = valid[cells[inside, 0], cells[inside, 1]]
+    return mask
 
 
 class DetectionLoop(ActiveLearningLoop):
@@ -105,22 +118,33 @@ class DetectionLoop(ActiveLearningLoop):
         where = where[(where[:, 2] > 0) & (where[:, 3] > 0)]
         if len(where) == 0:
             return np.zeros((0, 2)), np.zeros(0, np.float32)
-        return self.task.detect(slide.slide_path, where, slide_mpp=slide.grid.slide_mpp)
+        pts, scores = self.task.detect(slide.slide_path, where, slide_mpp=slide.grid.slide_mpp)
+        keep = on_tissue(slide, pts)
+        return pts[keep], scores[keep]
 
     def _mitoses_of(self, cohort: Cohort) -> dict[str, np.ndarray]:
+        """Every mitosis of the cohort's slides (for the annotated-mitoses ratio)."""
         return {s.slide_id: self.oracle.mitoses(s.slide_id) for s in cohort}
+
+    def _scored_mitoses(self, cohort: Cohort) -> dict[str, np.ndarray]:
+        """The mitoses F1 is scored against: those on the slides' tissue cells."""
+        found = {}
+        for s in cohort:
+            pts = self.oracle.mitoses(s.slide_id)
+            found[s.slide_id] = pts[on_tissue(s, pts)]
+        return found
 
     def choose_threshold(self) -> tuple[float, float, str]:
         """``(threshold, F1 there, where it was chosen)``: validation slides, else the labeled regions."""
         if self.validation_cohort is not None and len(self.validation_cohort):
             dets = {s.slide_id: self._detect(s) for s in self.validation_cohort}
-            t, f1 = choose_threshold(dets, self._mitoses_of(self.validation_cohort), **self._radius_kw())
+            t, f1 = choose_threshold(dets, self._scored_mitoses(self.validation_cohort), **self._radius_kw())
             return t, f1, "validation"
         log.warning("no validation slides: the score threshold is chosen on the labeled regions the detector was "
                     "trained on (optimistic); give validation slides for an unbiased threshold")
         boxes = self._labeled_boxes()
         dets = {s.slide_id: self._detect(s, boxes[s.slide_id]) for s in self.cohort if s.slide_id in boxes}
-        t, f1 = choose_threshold(dets, self._mitoses_of(self.cohort), boxes=boxes, **self._radius_kw())
+        t, f1 = choose_threshold(dets, self._scored_mitoses(self.cohort), boxes=boxes, **self._radius_kw())
         return t, f1, "labeled regions"
 
     def evaluate(self) -> dict:
@@ -128,7 +152,8 @@ class DetectionLoop(ActiveLearningLoop):
         annotation budget used so far (tissue %, annotated-mitoses ratio)."""
         threshold, f1_val, where = self.choose_threshold()
         dets = {s.slide_id: self._detect(s) for s in self.test_cohort}
-        result = evaluate_detections(dets, self._mitoses_of(self.test_cohort), threshold=threshold, **self._radius_kw())
+        result = evaluate_detections(dets, self._scored_mitoses(self.test_cohort), threshold=threshold,
+                                     **self._radius_kw())
         pooled = result["pooled"]
         tissue = self.tissue_mm2()
         used = self.pool.budget_used(tissue)

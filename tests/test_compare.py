@@ -197,6 +197,8 @@ def test_detection_configs_are_validated(detection_study, tmp_path):
 
 
 def test_detection_study_is_tracked_and_summarised(detection_study, synthetic_cohort, tmp_path):
+    from alkit.cohort import Cohort
+    from alkit.detection_loop import on_tissue
     from alkit.oracle import MitosisOracle
     from alkit.prototypes import PrototypeSet
 
@@ -216,7 +218,10 @@ def test_detection_study_is_tracked_and_summarised(detection_study, synthetic_co
         assert ratio == pytest.approx(sum(reg["mitoses"] for reg in pool["regions"]) / total)
         metrics = pool["cycle_metrics"]["0"]
         assert metrics["threshold_chosen_on"] == "labeled regions"
-        assert metrics["tp"] + metrics["fn"] == sum(len(oracle.mitoses(Path(p).stem)) for p in config.test_slides)
+        test = Cohort.from_stores(sorted(Path(config.embedding["out"]).glob("*_64px_s64.h5")))
+        scored = sum(int(on_tissue(s, oracle.mitoses(s.slide_id)).sum()) for s in test
+                     if s.slide_id in {Path(p).stem for p in config.test_slides})
+        assert metrics["tp"] + metrics["fn"] == scored
     prototypes = PrototypeSet.load(config.out / "prototypes")
     assert list(prototypes.classes) == ["mitotic figure"]
     assert prototypes.preprocessing["mode"] == "resize" and prototypes.preprocessing["size"] == 64

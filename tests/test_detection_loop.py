@@ -60,12 +60,14 @@ def test_detection_loop_labels_trains_evaluates_acquires_and_resumes(mito_cohort
     for r in regions:  # the annotator's counts are the oracle's points inside the region
         assert (r.mitoses, r.hard_negatives) == oracle.counts_in(r.slide, r.box)
 
-    test_mitoses = sum(len(oracle.mitoses(s.slide_id)) for s in test)
+    from alkit.detection_loop import on_tissue
+
+    test_mitoses = sum(int(on_tissue(s, oracle.mitoses(s.slide_id)).sum()) for s in test)
     assert test_mitoses > 0
     all_mitoses = {s.slide_id: oracle.mitoses(s.slide_id) for s in train}
     for result in results:
         m = result.metrics
-        assert m["tp"] + m["fn"] == test_mitoses  # every test mitosis is either found or missed
+        assert m["tp"] + m["fn"] == test_mitoses  # every test mitosis on tissue is either found or missed
         assert math.isnan(m["f1"]) or 0.0 <= m["f1"] <= 1.0
         assert m["threshold_chosen_on"] == "labeled regions" and 0.0 <= m["threshold"] <= 1.0
         boxes = {}
@@ -93,11 +95,15 @@ def test_detector_map_for_acquisition(mito_cohort):
     from alkit.tasks import DetectionExample, MitosisDetectorTask
     from alkit.uncertainty import acquisition_map
 
-    oracle, slide = mito_cohort["oracle"], next(iter(mito_cohort["train"]))
+    oracle, (slide, other) = mito_cohort["oracle"], list(mito_cohort["train"])
     task = MitosisDetectorTask(seed=1, **TINY)
     pts = oracle.mitoses(slide.slide_id)
-    task.fit([DetectionExample(slide.slide_id, slide.slide_path, [[0, 0, 2048, 2048]], pts,
-                               oracle.hard_negatives(slide.slide_id))])
+    summary = task.fit([
+        DetectionExample(slide.slide_id, slide.slide_path, [[0, 0, 2048, 2048]], pts,
+                         oracle.hard_negatives(slide.slide_id), tissue_area_px=3e6),
+        DetectionExample(other.slide_id, other.slide_path, np.zeros((0, 4)), oracle.mitoses(other.slide_id),
+                         tissue_area_px=1e6)])  # unlabeled, but its tissue counts in the labeled share
+    assert summary["labeled_tissue_share"] == pytest.approx(2048 ** 2 / 4e6)
     header = StoreHeader.load(slide.store_path)
     smap = task.predict_proba(header)
     assert smap.shape == slide.grid.shape and smap.dtype == np.float32
@@ -123,3 +129,19 @@ def test_threshold_on_validation_slides(mito_cohort, tmp_path):
     loop = _loop(mito_cohort, tmp_path / "pool.json", cycles=1, validation=mito_cohort["test"])
     (result,) = loop.run()
     assert result.metrics["threshold_chosen_on"] == "validation"
+
+
+def test_scoring_counts_points_on_tissue_cells_only(mito_cohort):
+    from alkit.detection_loop import on_tissue
+    from alkit.store import StoreHeader
+
+    slide = next(iter(mito_cohort["test"]))
+    grid, coords = slide.grid, StoreHeader.load(slide.store_path).coords
+    valid = np.zeros(grid.shape, bool)
+    valid[coords[:, 0], coords[:, 1]] = True
+    (r_on, c_on), (r_off, c_off) = coords[0], np.argwhere(~valid)[0]
+    s = grid.stride0
+    points = np.array([[c_on * s + 1, r_on * s + 1], [c_off * s + s / 2, r_off * s + s / 2], [-5, 10],
+                       [grid.dimensions[0] + 3, 0]])
+    assert on_tissue(slide, points).tolist() == [True, False, False, False]
+    assert on_tissue(slide, np.zeros((0, 2))).shape == (0,)

@@ -13,7 +13,8 @@ Training data (:meth:`MitosisDetectorTask.fit`), one :class:`DetectionExample` p
   so unlabeled tissue never becomes an implicit negative.
 * Per epoch ``patches_per_epoch`` patches (default 5000), or ``patches_per_epoch_small`` (default
   1000) when the labeled area is under ``small_area_fraction`` (5 %) of the tissue (the paper's
-  rule; tissue areas come from the examples, and without them the full count is used).
+  rule; tissue areas come from the examples, all of them, including slides without labeled regions;
+  without tissue areas the full count is used).
   ``positive_fraction`` of them (default 0.5) contain a mitosis (centred near one, with a random
   offset), the rest are uniform over the labeled area (regions weighted by area).
 * Augmentation (optional, default on): albumentations dihedral group (flips + 90° rotations) with
@@ -27,7 +28,10 @@ slide) are cut into tiles of ``tile`` px at ``mpp`` (default 512; the network is
 convolutional, so tiles need not match the training patch) with ``overlap`` px of overlap (default
 1.5 box sides, so every figure lies whole inside some tile; tiles at a box's edge are shifted
 inwards rather than padded); detections
-become level-0 centres; a detection is kept when its centre is inside the requested box; duplicates
+become level-0 centres with scores of at least ``score_thresh`` (default 0.01, below torchvision's
+0.05: a briefly trained detector's scores stay near the focal loss's 0.01 prior, and the operating
+threshold is chosen on validation data anyway); a detection is kept when its centre is inside the
+requested box; duplicates
 from overlapping tiles are removed by NMS on fixed-size level-0 boxes around the centres
 (:func:`merge_detections`, ``torchvision.ops.nms``).
 """
@@ -379,7 +383,7 @@ class MitosisDetectorTask:
                  hard_negative_fraction: float = 0.2, max_epochs: int = 10, batch_size: int = 8,
                  lr: float = 1e-4, weight_decay: float = 1e-4, augment: bool = True,
                  backbone_weights: str | None = None, trainable_layers: int = 5, fpn_channels: int = 256,
-                 tile: int = 512, overlap: int | None = None, score_thresh: float = 0.05,
+                 tile: int = 512, overlap: int | None = None, score_thresh: float = 0.01,
                  nms_iou: float = 0.3, predict_batch_size: int = 8, num_workers: int = 0, seed: int = 0,
                  accelerator: str = "auto", precision: str | int = "32-true", deterministic: bool = False,
                  progress: bool = False, logger=None, callbacks: Sequence[Callback] = ()):
@@ -425,10 +429,10 @@ class MitosisDetectorTask:
         """Train a fresh detector on the labeled regions of ``examples``; returns a summary dict
         (per-epoch mean losses, patches per epoch, labeled share, counts, seconds)."""
         start = time.perf_counter()
+        n_patches, share = self.patches_for(examples)  # over all slides: unlabeled tissue counts too
         examples = [ex for ex in examples if len(ex.regions)]
         if not examples:
             raise ValueError("no labeled regions to train on")
-        n_patches, share = self.patches_for(examples)
         mpps = [ex.slide_mpp if ex.slide_mpp is not None else Slide(ex.slide_path).mpp for ex in examples]
         sizes0 = [self.patch * self.mpp / m for m in mpps]
         n_mit = sum(len(ex.labeled_mitoses()) for ex in examples)

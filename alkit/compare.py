@@ -315,20 +315,27 @@ def _prototypes(config: StudyConfig):
         return prototypes
     ids, queries = {}, {}
     for name, q in p["classes"].items():
-        ids[name], query = _class_ids(db, name, q)
-        if "keywords" in query:
+        ids[name], query = _class_ids(db, name, q, encoder)
+        if "ids" not in query:
             queries[name] = query
     prototypes = build_prototypes(db, ids, encoder, queries=queries)
     prototypes.save(folder)
     return prototypes
 
 
-def _class_ids(db, name: str, q: dict) -> tuple[list[str], dict]:
-    """The image ids of one prototype class (given, or found by keyword search) and the query that found them."""
+def _class_ids(db, name: str, q: dict, encoder) -> tuple[list[str], dict]:
+    """The image ids of one prototype class (given, found by keyword search, or retrieved with a text
+    prompt by ``encoder``, which must embed text: open_clip / plip) and the query that found them."""
     from alkit.captions import KeywordQuery, search
 
     if "ids" in q:
         return list(q["ids"]), {"ids": list(q["ids"])}
+    if "prompt" in q:
+        from alkit.captions.retrieval import DEFAULT_TOP_N, retrieve
+
+        result = retrieve(db, encoder, name, template=q["prompt"], top_n=q.get("top_n", DEFAULT_TOP_N),
+                          tags=q.get("tags", ()))
+        return list(result.ids), result.query()
     query = KeywordQuery(name, tuple(tuple(g) for g in q["with"]), tuple(q.get("without", ())),
                          q.get("mode", "substring"))
     return list(search(db, query).ids), {"keywords": {"with": q["with"], "without": q.get("without", [])}}
@@ -340,7 +347,7 @@ def _mitosis_prototypes(db, p: dict, encoder):
     from alkit.prototypes import read_boxes
 
     ((name, q),) = p["classes"].items()
-    ids, query = _class_ids(db, name, q)
+    ids, query = _class_ids(db, name, q, encoder)
     crops = p.get("crops", {})
     boxes = (synthetic_mitosis_boxes(crops["figures"]) if "figures" in crops
              else read_boxes(crops["boxes"]) if "boxes" in crops else {})
@@ -405,11 +412,25 @@ def run_study(config: StudyConfig, tracking_uri: str | None = None, progress: bo
                 **common)
             # metrics come from the pool, so cycles finished before an interruption are logged too
             for result in loop.run():
-                run.log_metrics({k: v for k, v in result.metrics.items() if isinstance(v, (int, float))},
-                                step=result.cycle)
+                run.log_metrics(numeric_metrics(result.metrics), step=result.cycle)
             run.log_artifact(pool_path, "pool")
             run.log_dict(config.raw, "config.json")
     return tracker.runs({"config_hash": digest})
+
+
+def numeric_metrics(metrics: Mapping) -> dict[str, float]:
+    """The numbers of a cycle's metrics, one level of mappings flattened (``f1_per_slide.SLIDE``)
+    with names MLflow accepts; text and missing values are left out."""
+    import re
+
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        items = value.items() if isinstance(value, Mapping) else [(None, value)]
+        for sub, v in items:
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                name = key if sub is None else f"{key}.{sub}"
+                out[re.sub(r"[^\w\-. /]", "_", name)] = float(v)
+    return out
 
 
 # ------------------------------------------------------------------------------------------ summary

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from alkit.cohort import Cohort
+from alkit.store import StoreHeader
 from alkit.strategy import Budget, Labeled, Selection, StrategyError
 from alkit.uncertainty import MEASURES, acquisition_map
 from strategies._common import check_selector, select_on_maps
@@ -34,8 +35,10 @@ class UncertaintyStrategy:
         if self.task is None:
             raise StrategyError("the uncertainty strategy needs a trained task model (task=...)")
         selection = Selection(self.name)
-        for slide in cohort:
-            score = acquisition_map(self.task, slide.store(), self.measure, self.mc_samples)
+        from_features = getattr(self.task, "reads_features", True)
+        for slide in cohort:  # a task that does not read embeddings (the detector) gets the store's header only
+            store = slide.store() if from_features else StoreHeader.load(slide.store_path)
+            score = acquisition_map(self.task, store, self.measure, self.mc_samples)
             selection.score_maps[slide.slide_id] = {f"uncertainty:{self.measure}": score}
             picks = select_on_maps(slide, {"": score}, budget.n, slide.grid.region_cells(budget.size),
                                    self.selector, labeled, self.name)

@@ -217,6 +217,8 @@ def test_detection_study_is_tracked_and_summarised(detection_study, synthetic_co
         assert all(reg["mitoses"] is not None for reg in pool["regions"])
         assert ratio == pytest.approx(sum(reg["mitoses"] for reg in pool["regions"]) / total)
         metrics = pool["cycle_metrics"]["0"]
+        test_ids = [Path(p).stem for p in config.test_slides]
+        assert {f"f1_per_slide.{s}" for s in test_ids} <= set(r["history"])  # per-slide F1 in MLflow too
         assert metrics["threshold_chosen_on"] == "labeled regions"
         test = Cohort.from_stores(sorted(Path(config.embedding["out"]).glob("*_64px_s64.h5")))
         scored = sum(int(on_tissue(s, oracle.mitoses(s.slide_id)).sum()) for s in test
@@ -232,3 +234,11 @@ def test_detection_study_is_tracked_and_summarised(detection_study, synthetic_co
     with pytest.raises(ValueError, match="different tasks"):
         summarise_study(runs + [{**runs[0], "params": {**runs[0]["params"], "task_kind": "segmentation"}}],
                         tmp_path / "mixed")
+
+
+def test_numeric_metrics_flatten_one_level_for_mlflow():
+    from alkit.compare import numeric_metrics
+
+    got = numeric_metrics({"f1": 0.5, "tp": 3, "where": "validation", "ok": True, "none": None,
+                           "f1_per_slide": {"a b": 0.25, "c:d": None, "e(1)": 1}})
+    assert got == {"f1": 0.5, "tp": 3.0, "f1_per_slide.a b": 0.25, "f1_per_slide.e_1_": 1.0}

@@ -377,6 +377,9 @@ def merge_detections(points: np.ndarray, scores: np.ndarray, box0: float,
 class MitosisDetectorTask:
     """Trains a fresh RetinaNet on :class:`DetectionExample` s and detects mitoses on slides."""
 
+    #: reads slide pixels, not embeddings: acquisition passes it a store's header (dense grids: GBs of features)
+    reads_features = False
+
     def __init__(self, *, mpp: float = 0.25, patch: int = 256, box_um: float = 12.5,
                  patches_per_epoch: int = 5000, patches_per_epoch_small: int = 1000,
                  small_area_fraction: float = 0.05, positive_fraction: float = 0.5,

@@ -10,10 +10,10 @@ from the pool file); what differs is what the annotator reveals and how a model 
   small-labeled-area rule needs the cohort's tissue, so slides without regions come too).
 * **Evaluation** (:mod:`alkit.detection_metrics`): the detector runs over the tissue of every test
   slide, and detections and mitoses count where they lie on the slide's embedded (tissue) cells —
-  what the model is meant for; a pen stroke across the glass is not scored; the score threshold is chosen for the best pooled F1 on the validation slides, or — without
-  validation slides — on the labeled regions of the cohort (in-sample, so optimistic; a warning
-  says so); F1 / precision / recall are then pooled over the test slides at that threshold, and per
-  slide. The annotated-mitoses ratio is the share of the cohort's mitoses inside labeled regions.
+  what the model is meant for; a pen stroke across the glass is not scored. The score threshold is
+  chosen for the best pooled F1 on the validation slides, or — without validation slides — on the
+  labeled regions of the cohort (in-sample, so optimistic; a warning says so); F1 / precision /
+  recall are then pooled over the test slides at that threshold, and per slide. The annotated-mitoses ratio is the share of the cohort's mitoses inside labeled regions.
 * **Acquisition:** the detector's per-cell map (:meth:`MitosisDetectorTask.predict_proba`: the best
   detection score in each cell) goes through the uncertainty strategy like a classifier's map, so
   cells with detections near 0.5 are the most uncertain.
@@ -107,7 +107,8 @@ class DetectionLoop(ActiveLearningLoop):
             grid = slide.grid
             tissue_px = float(grid.tissue_fraction.sum()) * grid.stride0 ** 2
             regions = boxes.get(slide.slide_id, np.zeros((0, 4)))
-            examples.append(DetectionExample(slide.slide_id, slide.slide_path, regions, self.oracle.mitoses(slide.slide_id),
+            examples.append(DetectionExample(slide.slide_id, slide.slide_path, regions,
+                                             self.oracle.mitoses(slide.slide_id),
                                              self.oracle.hard_negatives(slide.slide_id),
                                              tissue_area_px=tissue_px, slide_mpp=grid.slide_mpp))
         return examples

@@ -10,5 +10,5 @@ from alkit.tasks.patch_classifier import (BalancedSampler, LabeledCells, PatchCl
                                           default_augmentation, split_by_region)
 from alkit.tasks.mitosis_detector import DetectionExample, MitosisDetectorTask
 
-__all__ = ["BalancedSampler", "DetectionExample", "LabeledCells", "MitosisDetectorTask", "PatchClassifier", "PatchClassifierTask", "default_augmentation",
-           "split_by_region"]
+__all__ = ["BalancedSampler", "DetectionExample", "LabeledCells", "MitosisDetectorTask", "PatchClassifier",
+           "PatchClassifierTask", "default_augmentation", "split_by_region"]

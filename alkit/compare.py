@@ -187,8 +187,7 @@ def load_config(path: str | os.PathLike) -> StudyConfig:
             check_classes(truth.get("classes"))
         except OracleError as exc:
             raise ConfigError(f"{path}: key 'cohort.ground_truth.classes': {exc}") from None
-        if "folder" in truth and not any(Path(truth["folder"]).glob(
-                truth.get("pattern", "{slide}.sqlite").replace("{slide}", "*"))):
+        if "folder" in truth and not _sliderunner_files(truth):
             raise ConfigError(f"{path}: key 'cohort.ground_truth.folder': no SlideRunner database matches "
                               f"{truth.get('pattern', '{slide}.sqlite')!r} in {truth['folder']}")
     embedding = dict(_get(raw, "embedding", path, dict))
@@ -240,6 +239,11 @@ def load_config(path: str | os.PathLike) -> StudyConfig:
         slide_mpp=_get(raw, "cohort.slide_mpp", path, (int, float), None), validation_slides=validation_slides)
 
 
+def _sliderunner_files(truth: dict) -> list[Path]:
+    """The SlideRunner databases of ``ground_truth.folder`` that match its ``pattern`` (default one per slide)."""
+    return sorted(Path(truth["folder"]).glob(truth.get("pattern", "{slide}.sqlite").replace("{slide}", "*")))
+
+
 def _task_class(kind: str) -> type:
     from alkit.tasks import MitosisDetectorTask, PatchClassifierTask
 
@@ -276,8 +280,7 @@ def _oracle(config: StudyConfig):
             return MitosisOracle.from_coco(truth["coco"], classes=classes, mpp=config.slide_mpp)
         if "synthetic" in truth:
             return TumourOracle.from_synthetic(truth["synthetic"]).mitosis
-        dbs = sorted(Path(truth["folder"]).glob(truth.get("pattern", "{slide}.sqlite").replace("{slide}", "*")))
-        return MitosisOracle.from_sliderunner(dbs, classes=classes, mpp=config.slide_mpp)
+        return MitosisOracle.from_sliderunner(_sliderunner_files(truth), classes=classes, mpp=config.slide_mpp)
     if "synthetic" in truth:
         return TumourOracle.from_synthetic(truth["synthetic"])
     return TumourOracle.from_folder(truth["folder"], truth.get("pattern", "{slide}.xml"), mpp=config.slide_mpp)

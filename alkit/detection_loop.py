@@ -13,7 +13,8 @@ from the pool file); what differs is what the annotator reveals and how a model 
   what the model is meant for; a pen stroke across the glass is not scored. The score threshold is
   chosen for the best pooled F1 on the validation slides, or — without validation slides — on the
   labeled regions of the cohort (in-sample, so optimistic; a warning says so); F1 / precision /
-  recall are then pooled over the test slides at that threshold, and per slide. The annotated-mitoses ratio is the share of the cohort's mitoses inside labeled regions.
+  recall are then pooled over the test slides at that threshold, and per slide. The annotated-mitoses
+  ratio is the share of the cohort's mitoses inside labeled regions.
 * **Acquisition:** the detector's per-cell map (:meth:`MitosisDetectorTask.predict_proba`: the best
   detection score in each cell) goes through the uncertainty strategy like a classifier's map, so
   cells with detections near 0.5 are the most uncertain.
@@ -29,7 +30,7 @@ from typing import Protocol
 import numpy as np
 
 from alkit.cohort import Cohort, CohortSlide
-from alkit.detection_metrics import annotated_mitoses_ratio, choose_threshold, evaluate_detections
+from alkit.detection_metrics import RADIUS_PX, annotated_mitoses_ratio, choose_threshold, evaluate_detections
 from alkit.loop import ActiveLearningLoop, LoopCallback
 from alkit.pool import LabeledPool
 from alkit.store import StoreHeader
@@ -48,37 +49,28 @@ class MitosisOracleLike(Protocol):
     def counts_in(self, slide_id: str, box: Box) -> tuple[int, int]: ...
 
 
-def tissue_box(slide: CohortSlide) -> tuple[float, float, float, float]:
-    """The level-0 bounding box ``(x, y, w, h)`` of the slide's embedded (tissue) cells."""
-    return slide.grid.bounding_box(StoreHeader.load(slide.store_path).coords)
-
-
-def on_tissue(slide: CohortSlide, points: np.ndarray) -> np.ndarray:
-    """Mask of the level-0 ``points`` that lie in one of the slide's embedded (tissue) cells."""
-    grid, coords = slide.grid, StoreHeader.load(slide.store_path).coords
-    valid = np.zeros(grid.shape, bool)
-    valid[coords[:, 0], coords[:, 1]] = True
-    cells = grid.cells_of_points(points)
-    inside = (cells >= 0).all(axis=1) & (cells[:, 0] < grid.shape[0]) & (cells[:, 1] < grid.shape[1])
-    mask = np.zeros(len(cells), bool)
-    mask[inside] = valid[cells[inside, 0], cells[inside, 1]]
-    return mask
-
-
 class DetectionLoop(ActiveLearningLoop):
     """Runs ``cycles`` detection cycles on ``cohort``; F1 on ``test_cohort``, threshold on ``validation_cohort``."""
 
     def __init__(self, cohort: Cohort, initial_strategy: Strategy, acquisition: Strategy | None, task,
                  oracle: MitosisOracleLike, budget_per_cycle: Budget, cycles: int, pool: LabeledPool,
                  test_cohort: Cohort | None = None, validation_cohort: Cohort | None = None, seed: int = 0,
-                 radius: float | None = None, callbacks: Sequence[LoopCallback] = ()):
+                 radius: float = RADIUS_PX, callbacks: Sequence[LoopCallback] = ()):
         super().__init__(cohort, initial_strategy, acquisition, task, oracle, budget_per_cycle, cycles, pool,
                          test_cohort=test_cohort, seed=seed, callbacks=callbacks)
         self.validation_cohort = validation_cohort
-        self.radius = radius
+        self.radius = float(radius)
+        self._embedded: dict[str, np.ndarray] = {}
 
-    def _radius_kw(self) -> dict:
-        return {} if self.radius is None else {"radius": float(self.radius)}
+    def embedded(self, slide: CohortSlide) -> np.ndarray:
+        """The slide's embedded (tissue) cells, ``(rows, cols)`` bool (read once from its store)."""
+        if slide.slide_id not in self._embedded:
+            self._embedded[slide.slide_id] = StoreHeader.load(slide.store_path).embedded_mask()
+        return self._embedded[slide.slide_id]
+
+    def on_tissue(self, slide: CohortSlide, points: np.ndarray) -> np.ndarray:
+        """Mask of the level-0 ``points`` that lie in one of the slide's embedded (tissue) cells."""
+        return slide.grid.points_on(self.embedded(slide), points)
 
     # -- what the annotator reports ----------------------------------------------------------------
     def region_report(self, slide: CohortSlide, box: Box) -> dict:
@@ -115,12 +107,12 @@ class DetectionLoop(ActiveLearningLoop):
 
     # -- evaluation --------------------------------------------------------------------------------
     def _detect(self, slide: CohortSlide, boxes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        where = np.asarray([tissue_box(slide)]) if boxes is None else boxes
+        where = np.asarray([slide.grid.bounding_box(np.argwhere(self.embedded(slide)))]) if boxes is None else boxes
         where = where[(where[:, 2] > 0) & (where[:, 3] > 0)]
         if len(where) == 0:
             return np.zeros((0, 2)), np.zeros(0, np.float32)
         pts, scores = self.task.detect(slide.slide_path, where, slide_mpp=slide.grid.slide_mpp)
-        keep = on_tissue(slide, pts)
+        keep = self.on_tissue(slide, pts)
         return pts[keep], scores[keep]
 
     def _mitoses_of(self, cohort: Cohort) -> dict[str, np.ndarray]:
@@ -132,20 +124,20 @@ class DetectionLoop(ActiveLearningLoop):
         found = {}
         for s in cohort:
             pts = self.oracle.mitoses(s.slide_id)
-            found[s.slide_id] = pts[on_tissue(s, pts)]
+            found[s.slide_id] = pts[self.on_tissue(s, pts)]
         return found
 
     def choose_threshold(self) -> tuple[float, float, str]:
         """``(threshold, F1 there, where it was chosen)``: validation slides, else the labeled regions."""
         if self.validation_cohort is not None and len(self.validation_cohort):
             dets = {s.slide_id: self._detect(s) for s in self.validation_cohort}
-            t, f1 = choose_threshold(dets, self._scored_mitoses(self.validation_cohort), **self._radius_kw())
+            t, f1 = choose_threshold(dets, self._scored_mitoses(self.validation_cohort), radius=self.radius)
             return t, f1, "validation"
         log.warning("no validation slides: the score threshold is chosen on the labeled regions the detector was "
                     "trained on (optimistic); give validation slides for an unbiased threshold")
         boxes = self._labeled_boxes()
         dets = {s.slide_id: self._detect(s, boxes[s.slide_id]) for s in self.cohort if s.slide_id in boxes}
-        t, f1 = choose_threshold(dets, self._scored_mitoses(self.cohort), boxes=boxes, **self._radius_kw())
+        t, f1 = choose_threshold(dets, self._scored_mitoses(self.cohort), boxes=boxes, radius=self.radius)
         return t, f1, "labeled regions"
 
     def evaluate(self) -> dict:
@@ -154,7 +146,7 @@ class DetectionLoop(ActiveLearningLoop):
         threshold, f1_val, where = self.choose_threshold()
         dets = {s.slide_id: self._detect(s) for s in self.test_cohort}
         result = evaluate_detections(dets, self._scored_mitoses(self.test_cohort), threshold=threshold,
-                                     **self._radius_kw())
+                                     radius=self.radius)
         pooled = result["pooled"]
         tissue = self.tissue_mm2()
         used = self.pool.budget_used(tissue)

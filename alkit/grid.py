@@ -125,6 +125,15 @@ class PatchGrid:
         points = np.asarray(points, np.float64).reshape(-1, 2)
         return np.floor(points[:, ::-1] / self.stride0).astype(np.int64)
 
+    def points_on(self, mask: np.ndarray, points: np.ndarray) -> np.ndarray:
+        """Mask of the level-0 ``points`` whose cell is set in the ``(rows, cols)`` ``mask`` (False off the grid)."""
+        cells = self.cells_of_points(points)
+        rows, cols = self.shape
+        inside = (cells[:, 0] >= 0) & (cells[:, 0] < rows) & (cells[:, 1] >= 0) & (cells[:, 1] < cols)
+        found = np.zeros(len(cells), bool)
+        found[inside] = mask[cells[inside, 0], cells[inside, 1]]
+        return found
+
     def region_cells(self, size0: float) -> int:
         """A level-0 region side (e.g. 8192 px) in cells (rounded, at least 1)."""
         return max(1, round(size0 / self.stride0))

@@ -153,9 +153,8 @@ class ActiveLearningLoop:
         results = []
         for slide in self.test_cohort:
             store = slide.store()
-            valid = np.zeros(slide.grid.shape, bool)
-            valid[store.coords[:, 0], store.coords[:, 1]] = True
-            results.append(evaluate_slide(slide.slide_id, self.task.predict_proba(store), self.truth(slide), valid,
+            results.append(evaluate_slide(slide.slide_id, self.task.predict_proba(store), self.truth(slide),
+                                          store.embedded_mask(),
                                           truth_threshold=self.tumour_threshold))
         summary = summarise(results)
         tissue, tumour = self.totals_mm2()

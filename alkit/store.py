@@ -48,8 +48,15 @@ class _SlideGridMixin:
     """Slide id and patch grid of a store, from its attributes (shared by full stores and headers)."""
 
     path: Path
+    coords: np.ndarray
     attrs: dict
     tissue_fraction: np.ndarray | None
+
+    def embedded_mask(self) -> np.ndarray:
+        """``(rows, cols)`` bool: the grid cells that have an embedding (the slide's tissue cells)."""
+        mask = np.zeros(self.grid.shape, bool)
+        mask[self.coords[:, 0], self.coords[:, 1]] = True
+        return mask
 
     @property
     def slide_id(self) -> str:
@@ -79,12 +86,9 @@ class EmbeddingStore(_SlideGridMixin):
 
     def as_map(self) -> tuple[np.ndarray, np.ndarray]:
         """``(rows, cols, C)`` feature map (zeros where not embedded) and its ``(rows, cols)`` validity mask."""
-        rows, cols = self.grid.shape
-        fmap = np.zeros((rows, cols, self.dim), self.features.dtype)
-        valid = np.zeros((rows, cols), bool)
+        fmap = np.zeros((*self.grid.shape, self.dim), self.features.dtype)
         fmap[self.coords[:, 0], self.coords[:, 1]] = self.features
-        valid[self.coords[:, 0], self.coords[:, 1]] = True
-        return fmap, valid
+        return fmap, self.embedded_mask()
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> EmbeddingStore:

@@ -151,8 +151,7 @@ def acquisition_map(task: ProbabilisticTask, store: EmbeddingStore, measure: str
         raise ValueError(f"unknown uncertainty measure {measure!r}; choose one of {', '.join(MEASURES)}")
     if measure == "bald" and mc_samples < 2:
         raise ValueError("bald needs mc_samples >= 2")
-    valid = np.zeros(store.grid.shape, bool)
-    valid[store.coords[:, 0], store.coords[:, 1]] = True
+    valid = store.embedded_mask()
     if mc_samples > 0:
         return uncertainty_map(measure, task.predict_mc(store, mc_samples), valid, mc=True)
     return uncertainty_map(measure, task.predict_proba(store), valid)

@@ -97,3 +97,32 @@ def tiny_clip(tmp_path_factory):
 def tiny_clip_spec(tiny_clip) -> str:
     """The encoder spec of :func:`tiny_clip`."""
     return f"open_clip:{TINY_CLIP}@{tiny_clip[1]}"
+
+
+# ------------------------------------------------------------------------------- mitosis task helpers
+
+def mitosis_cohort(root: Path, n_slides: int, n_caption_images: int = 0):
+    """Tumour-only synthetic slides of 2048 px (0.25 µm/px, seed 5) embedded at 64 px, stride 64 (the mitosis
+    task's grid), with their SlideRunner oracle: ``(cohort, store paths, oracle)``."""
+    from alkit.embed import EmbedConfig, embed_slides
+    from alkit.oracle import MitosisOracle
+    from alkit.synthetic import generate_cohort
+
+    cohort = generate_cohort(root / "cohort", n_slides=n_slides, size=2048, seed=5, progress=False,
+                             n_caption_images=n_caption_images, tumour_slide_fraction=1.0)
+    config = EmbedConfig(encoder="handcrafted", mpp=0.25, patch=64, batch_size=256, num_workers=0,
+                         accelerator="cpu", devices=1)
+    stores = embed_slides([s.path for s in cohort.slides], root / "stores", config, progress=False)
+    oracle = MitosisOracle.from_sliderunner(cohort.mitoses_db, mpp={s.slide_id: s.mpp for s in cohort.slides})
+    return cohort, stores, oracle
+
+
+def on_tissue_count(slide, points) -> int:
+    """How many level-0 points fall in an embedded cell of ``slide`` (a CohortSlide), point by point."""
+    import numpy as np
+
+    from alkit.store import StoreHeader
+
+    embedded = {tuple(c) for c in StoreHeader.load(slide.store_path).coords.tolist()}
+    s = slide.grid.stride0
+    return sum((int(y // s), int(x // s)) in embedded for x, y in np.asarray(points).reshape(-1, 2))

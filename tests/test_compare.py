@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 from alkit.cli import main
 from alkit.compare import ConfigError, load_config, run_study, summarise_study
 from alkit.demo import demo_config
+from conftest import on_tissue_count
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +199,6 @@ def test_detection_configs_are_validated(detection_study, tmp_path):
 
 def test_detection_study_is_tracked_and_summarised(detection_study, synthetic_cohort, tmp_path):
     from alkit.cohort import Cohort
-    from alkit.detection_loop import on_tissue
     from alkit.oracle import MitosisOracle
     from alkit.prototypes import PrototypeSet
 
@@ -221,7 +221,7 @@ def test_detection_study_is_tracked_and_summarised(detection_study, synthetic_co
         assert {f"f1_per_slide.{s}" for s in test_ids} <= set(r["history"])  # per-slide F1 in MLflow too
         assert metrics["threshold_chosen_on"] == "labeled regions"
         test = Cohort.from_stores(sorted(Path(config.embedding["out"]).glob("*_64px_s64.h5")))
-        scored = sum(int(on_tissue(s, oracle.mitoses(s.slide_id)).sum()) for s in test
+        scored = sum(on_tissue_count(s, oracle.mitoses(s.slide_id)) for s in test
                      if s.slide_id in {Path(p).stem for p in config.test_slides})
         assert metrics["tp"] + metrics["fn"] == scored
     prototypes = PrototypeSet.load(config.out / "prototypes")

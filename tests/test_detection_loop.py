@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from alkit.detection_metrics import points_in_boxes
+from conftest import mitosis_cohort, on_tissue_count
 
 TINY = dict(mpp=0.5, patch=64, fpn_channels=32, patches_per_epoch=6, patches_per_epoch_small=6, max_epochs=1,
             batch_size=3, tile=256, accelerator="cpu", score_thresh=0.01)
@@ -20,19 +21,9 @@ TINY = dict(mpp=0.5, patch=64, fpn_channels=32, patches_per_epoch=6, patches_per
 def mito_cohort(tmp_path_factory):
     """3 tumour slides of 2048 px (0.25 µm/px) embedded at 64 px, stride 64: 2 to label, 1 to test."""
     from alkit.cohort import Cohort
-    from alkit.embed import EmbedConfig, embed_slides
-    from alkit.oracle import MitosisOracle
-    from alkit.synthetic import generate_cohort
 
-    root = tmp_path_factory.mktemp("detloop")
-    cohort = generate_cohort(root / "cohort", n_slides=3, size=2048, seed=5, n_caption_images=0, progress=False,
-                             tumour_slide_fraction=1.0)
-    config = EmbedConfig(encoder="handcrafted", mpp=0.25, patch=64, batch_size=256, num_workers=0,
-                         accelerator="cpu", devices=1)
-    stores = embed_slides([s.path for s in cohort.slides], root / "stores", config, progress=False)
-    oracle = MitosisOracle.from_sliderunner(cohort.mitoses_db, mpp={s.slide_id: s.mpp for s in cohort.slides})
-    return {"train": Cohort.from_stores(stores[:2]), "test": Cohort.from_stores(stores[2:]), "oracle": oracle,
-            "root": root}
+    _, stores, oracle = mitosis_cohort(tmp_path_factory.mktemp("detloop"), n_slides=3)
+    return {"train": Cohort.from_stores(stores[:2]), "test": Cohort.from_stores(stores[2:]), "oracle": oracle}
 
 
 def _loop(mito_cohort, pool_path, cycles=2, validation=None, seed=0):
@@ -60,9 +51,7 @@ def test_detection_loop_labels_trains_evaluates_acquires_and_resumes(mito_cohort
     for r in regions:  # the annotator's counts are the oracle's points inside the region
         assert (r.mitoses, r.hard_negatives) == oracle.counts_in(r.slide, r.box)
 
-    from alkit.detection_loop import on_tissue
-
-    test_mitoses = sum(int(on_tissue(s, oracle.mitoses(s.slide_id)).sum()) for s in test)
+    test_mitoses = sum(on_tissue_count(s, oracle.mitoses(s.slide_id)) for s in test)
     assert test_mitoses > 0
     all_mitoses = {s.slide_id: oracle.mitoses(s.slide_id) for s in train}
     for result in results:
@@ -131,17 +120,17 @@ def test_threshold_on_validation_slides(mito_cohort, tmp_path):
     assert result.metrics["threshold_chosen_on"] == "validation"
 
 
-def test_scoring_counts_points_on_tissue_cells_only(mito_cohort):
-    from alkit.detection_loop import on_tissue
+def test_scoring_counts_points_on_tissue_cells_only(mito_cohort, tmp_path):
     from alkit.store import StoreHeader
 
     slide = next(iter(mito_cohort["test"]))
     grid, coords = slide.grid, StoreHeader.load(slide.store_path).coords
-    valid = np.zeros(grid.shape, bool)
-    valid[coords[:, 0], coords[:, 1]] = True
+    valid = StoreHeader.load(slide.store_path).embedded_mask()
+    assert valid.sum() == len(coords) and valid[coords[:, 0], coords[:, 1]].all()
     (r_on, c_on), (r_off, c_off) = coords[0], np.argwhere(~valid)[0]
     s = grid.stride0
     points = np.array([[c_on * s + 1, r_on * s + 1], [c_off * s + s / 2, r_off * s + s / 2], [-5, 10],
-                       [grid.dimensions[0] + 3, 0]])
-    assert on_tissue(slide, points).tolist() == [True, False, False, False]
-    assert on_tissue(slide, np.zeros((0, 2))).shape == (0,)
+                       [grid.dimensions[0] + 3, 0], [c_on * s + s - 0.5, r_on * s + s - 0.5]])
+    loop = _loop(mito_cohort, tmp_path / "pool.json")
+    assert loop.on_tissue(slide, points).tolist() == [True, False, False, False, True]
+    assert loop.on_tissue(slide, np.zeros((0, 2))).shape == (0,)

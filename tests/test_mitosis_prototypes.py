@@ -14,6 +14,7 @@ from alkit.maps import similarity_map, similarity_map_from_file, similarity_maps
 from alkit.mitosis_prototypes import (FIELD_UM, build_mitosis_prototypes, centre_boxes, figure_box, figure_boxes,
                                       side_for_mpp, synthetic_mitosis_boxes)
 from alkit.store import EmbeddingStore, StoreHeader, write_store
+from conftest import mitosis_cohort
 
 ATTRS = {"encoder": "x", "weights_id": "w", "mpp": 0.25, "patch": 64, "stride": 64, "min_tissue": 0.5,
          "slide_mpp": 0.25}
@@ -107,21 +108,12 @@ def synthetic_mito(tmp_path_factory):
     """2 tumour slides of 2048 px embedded at 64 px / stride 64, 0.25 µm/px (32 × 32 grids) + mitosis prototypes."""
     from alkit.captions import load_arch_set
     from alkit.cohort import Cohort
-    from alkit.embed import EmbedConfig, embed_slides
     from alkit.encoders import get_encoder
-    from alkit.oracle import MitosisOracle
-    from alkit.synthetic import generate_cohort
 
-    root = tmp_path_factory.mktemp("mito")
-    cohort = generate_cohort(root / "cohort", n_slides=2, size=2048, seed=5, n_caption_images=120, progress=False,
-                             tumour_slide_fraction=1.0)
-    config = EmbedConfig(encoder="handcrafted", mpp=0.25, patch=64, batch_size=256, num_workers=0,
-                         accelerator="cpu", devices=1)
-    stores = embed_slides([s.path for s in cohort.slides], root / "stores", config, progress=False)
+    cohort, stores, oracle = mitosis_cohort(tmp_path_factory.mktemp("mito"), n_slides=2, n_caption_images=120)
     db = load_arch_set(cohort.captions_json.parent)
     boxes = synthetic_mitosis_boxes(cohort.captions_truth)
     prototypes = build_mitosis_prototypes(db, sorted(boxes), get_encoder("handcrafted"), boxes=boxes)
-    oracle = MitosisOracle.from_sliderunner(cohort.mitoses_db, mpp={s.slide_id: s.mpp for s in cohort.slides})
     return {"cohort": cohort, "db": db, "stores": Cohort.from_stores(stores), "prototypes": prototypes,
             "oracle": oracle}
 

@@ -527,17 +527,14 @@ class MitosisDetectorTask:
         from alkit.store import StoreHeader
 
         header = store if hasattr(store, "coords") else StoreHeader.load(store)
-        grid, coords = header.grid, header.coords
+        grid = header.grid
         out = np.zeros(grid.shape, np.float32)
-        if len(coords) == 0:
+        if len(header.coords) == 0:
             return out
-        pts, scores = self.detect(header.attrs["slide_path"], [grid.bounding_box(coords)], slide_mpp=grid.slide_mpp)
-        cells = grid.cells_of_points(pts)
-        rows, cols = np.clip(cells[:, 0], 0, grid.shape[0] - 1), np.clip(cells[:, 1], 0, grid.shape[1] - 1)
-        np.maximum.at(out, (rows, cols), scores.astype(np.float32))
-        valid = np.zeros(grid.shape, bool)
-        valid[coords[:, 0], coords[:, 1]] = True
-        out[~valid] = 0.0
+        box = grid.bounding_box(header.coords)
+        pts, scores = self.detect(header.attrs["slide_path"], [box], slide_mpp=grid.slide_mpp)
+        keep = grid.points_on(header.embedded_mask(), pts)
+        np.maximum.at(out, tuple(grid.cells_of_points(pts[keep]).T), scores[keep].astype(np.float32))
         return out
 
     def predict_mc(self, store, samples: int = 20) -> np.ndarray:

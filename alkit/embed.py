@@ -131,9 +131,11 @@ def _shard_dir(path: Path) -> Path:
 
 def _merge_shards(path: Path, attrs: dict, tissue: np.ndarray | None, world_size: int) -> None:
     shard_dir = _shard_dir(path)
-    shards = sorted(shard_dir.glob("rank*.npz"))
-    if len(shards) != world_size:
-        raise RuntimeError(f"{path}: expected {world_size} shards, found {len(shards)} in {shard_dir}")
+    # exactly this run's ranks: an interrupted run with more processes may have left other shards behind
+    shards = [shard_dir / f"rank{r:05d}.npz" for r in range(world_size)]
+    missing = [s.name for s in shards if not s.is_file()]
+    if missing:
+        raise RuntimeError(f"{path}: shard(s) {missing} of {world_size} ranks missing in {shard_dir}")
     keys, feats = [], []
     for shard in shards:
         with np.load(shard) as data:

@@ -96,3 +96,21 @@ def test_slide_mpp_fills_in_only_where_metadata_is_missing(tmp_path, wsi):
                           slide_mpp=0.25, progress=False)
     cmu, tcga = (EmbeddingStore.load(p) for p in stores)
     assert cmu.attrs["slide_mpp"] == pytest.approx(0.499) and tcga.attrs["slide_mpp"] == 0.25
+
+
+def test_shards_left_by_an_interrupted_larger_run_do_not_block_the_slide(tmp_path, wsi):
+    """A killed 2-process run left rank00001.npz behind; a later 1-process run merges only its own shard."""
+    from alkit.embed import _shard_dir
+
+    slide = wsi("CMU-1-Small-Region.svs")
+    [path] = embed_slides([slide], tmp_path / "emb", CONFIG, progress=False)
+    expected = EmbeddingStore.load(path)
+    path.unlink()
+    stale = _shard_dir(path)
+    stale.mkdir()
+    np.savez(stale / "rank00001.npz", keys=np.array([[0, 0]]), features=np.full((1, 97), 7.0, np.float32))
+    [again] = embed_slides([slide], tmp_path / "emb", CONFIG, progress=False)
+    store = EmbeddingStore.load(again)
+    np.testing.assert_array_equal(store.coords, expected.coords)
+    np.testing.assert_allclose(store.features, expected.features, rtol=1e-5, atol=1e-5)
+    assert not stale.exists()

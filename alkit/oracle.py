@@ -31,7 +31,6 @@ oracle, per slide, or per call: alkit never guesses a resolution.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -55,6 +54,7 @@ from alkit.coverage import (geometry_box_areas, geometry_cell_fractions, mask_bo
                             point_cell_counts, points_in_box)
 from alkit.errors import AlkitError
 from alkit.grid import PatchGrid
+from alkit.jsonfile import read_json
 
 if TYPE_CHECKING:
     from alkit.synthetic import SyntheticCohort
@@ -367,7 +367,7 @@ class MitosisOracle:
         """
         check_classes(classes)
         path = Path(path)
-        data = _read_json(path, "COCO JSON")
+        data = read_json(path, OracleError, "COCO JSON file")
         if not isinstance(data, dict) or not all(isinstance(data.get(k), list)
                                                  for k in ("images", "annotations", "categories")):
             raise OracleError(f"{path}: not COCO-style JSON (needs 'images', 'annotations' and 'categories' lists)")
@@ -514,15 +514,6 @@ def _coco_bbox_format(path: Path, boxes: np.ndarray, images: list[dict], fmt: st
                       "(corners out of order); give bbox_format=")
 
 
-def _read_json(path: Path, what: str) -> object:
-    if not path.is_file():
-        raise OracleError(f"{path}: no such {what} file")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise OracleError(f"{path}: not valid JSON ({exc})") from exc
-
-
 def _require_mpp(call: float | None, own: MpP, slide_id: str) -> float:
     m = call if call is not None else _mpp_for(own, slide_id)
     if m is None or not m > 0:
@@ -543,7 +534,7 @@ def _wrap_read(fn, path: Path, *args, **kwargs):  # type: ignore[no-untyped-def]
         raise OracleError(f"{path}: no such file") from exc
     except OracleError:
         raise
-    except ValueError as exc:  # AnnotationFileError and the older readers' ValueErrors name the file
+    except ValueError as exc:  # AnnotationFileError names the file; other ValueErrors come from bad content
         raise OracleError(str(exc)) from exc
 
 
@@ -611,7 +602,7 @@ def _load_truth(path: Path, positive: set[str], exclusion: set[str],
         pos, neg = _split_by_class(((a.group, a.coords) for a in anns), positive, exclusion, src)
         return tumour_geometry(pos, neg, src)
     if suffix in (".json", ".geojson"):
-        data = _read_json(path, "annotation JSON")
+        data = read_json(path, OracleError, "annotation JSON file")
         if suffix == ".json" and is_ncrf(data):
             ncrf = _wrap_read(lambda p: parse_ncrf(data, p), path)
             return tumour_geometry([p.coords for p in ncrf.positive], [p.coords for p in ncrf.negative], src)
@@ -838,7 +829,7 @@ def load_regions(regions: Regions) -> dict[str, np.ndarray]:
     source = "regions"
     if isinstance(regions, (str, os.PathLike)):
         source = str(regions)
-        regions = _read_json(Path(regions), "regions JSON")  # type: ignore[assignment]
+        regions = read_json(Path(regions), OracleError, "regions JSON file")  # type: ignore[assignment]
     out: dict[str, list] = {}
     if isinstance(regions, Mapping):
         for sid, boxes in regions.items():
@@ -998,7 +989,7 @@ def _read_drawing(path: Path, positive: set[str], exclusion: set[str]) -> tuple[
         areas = _wrap_read(read_asap_xml, path, types=_ASAP_AREA_TYPES)
         dots = _wrap_read(read_asap_xml, path, types=_ASAP_POINT_TYPES)
         return polygons([(a.group, a.coords) for a in areas]), [(a.group, a.coords) for a in dots]
-    data = _read_json(path, "drawings JSON")
+    data = read_json(path, OracleError, "drawings JSON file")
     if is_ncrf(data):
         ncrf = _wrap_read(lambda p: parse_ncrf(data, p), path)
         tumour, excluded = min(positive, default=None), min(exclusion, default=None)

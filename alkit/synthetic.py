@@ -55,6 +55,7 @@ from shapely.geometry import Polygon, box
 from skimage.draw import line as draw_line
 from skimage.measure import find_contours
 
+from .atomic import atomic_path, atomic_write_text
 from .errors import AlkitError
 from .annotations.asap import CAMELYON16_GROUPS, write_asap_xml
 from .annotations.sliderunner import SlideRunnerAnnotation, SlideRunnerSlide, write_sliderunner
@@ -1209,7 +1210,6 @@ def _write_pyramid(path: Path, width: int, height: int, mpp: float,
     while max(dims[-1]) > tile // 2:
         w, h = dims[-1]
         dims.append(((w + 1) // 2, (h + 1) // 2))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     buffers: list[_LevelBuffer] = []
     tissue = 0
 
@@ -1243,7 +1243,7 @@ def _write_pyramid(path: Path, width: int, height: int, mpp: float,
                 tissue += count
                 yield tx, ty, rgb, tx == nx - 1
 
-        with tifffile.TiffWriter(tmp, bigtiff=width * height * 3 > 2 ** 31) as tif:
+        with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=width * height * 3 > 2 ** 31) as tif:
             tif.write(feed(level0(), buffers[0] if buffers else None), shape=(height, width, 3),
                       dtype=np.uint8, **options(0))
             for level in range(1, len(dims)):
@@ -1252,10 +1252,7 @@ def _write_pyramid(path: Path, width: int, height: int, mpp: float,
                 tif.write(feed(buffers[level - 1].tiles(), below), shape=(lh, lw, 3), dtype=np.uint8,
                           **options(level))
                 buffers[level - 1].close()
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
         for b in buffers:
             b.close()
     return len(dims), tissue
@@ -1535,16 +1532,9 @@ def _write_captions(out: Path, n: int, seed: int, progress: bool) -> tuple[Path,
         captions[str(i)] = {"figure_id": fid, "letter": letter, "caption": " " + caption, "uuid": uid}
         truth[str(i)] = {"uuid": uid, "figure_id": fid, "letter": letter, **t}
     cap_path, truth_path = out / "captions.json", out / "truth.json"
-    _atomic_text(cap_path, json.dumps(captions, indent=1, ensure_ascii=False))
-    _atomic_text(truth_path, json.dumps(truth, indent=1, ensure_ascii=False))
+    atomic_write_text(cap_path, json.dumps(captions, indent=1, ensure_ascii=False) + "\n")
+    atomic_write_text(truth_path, json.dumps(truth, indent=1, ensure_ascii=False) + "\n")
     return cap_path, truth_path
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1637,7 +1627,7 @@ class SyntheticCohort:
     def save(self, path: str | os.PathLike | None = None) -> Path:
         """Write the manifest (paths relative to the cohort root); returns its path."""
         path = Path(path) if path is not None else self.manifest_path
-        _atomic_text(path, json.dumps(self.to_dict(), indent=2))
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
         return path
 
     @classmethod

@@ -106,10 +106,10 @@ def test_asap_empty_annotation_list_round_trips(tmp_path):
     ('<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;">]>'
      '<ASAP_Annotations>&lol2;</ASAP_Annotations>', "unsafe XML"),
 ])
-def test_asap_malformed_files_raise_value_error_naming_the_file(tmp_path, content, fragment):
+def test_asap_malformed_files_raise_annotation_file_error_naming_the_file(tmp_path, content, fragment):
     p = tmp_path / "broken.xml"
     p.write_text(content)
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(AnnotationFileError) as err:
         read_asap_xml(p)
     assert str(p) in str(err.value) and fragment in str(err.value)
 
@@ -220,11 +220,11 @@ def test_sliderunner_writer_mirrors_the_real_schema(tmp_path):
 def test_sliderunner_errors(tmp_path):
     text = tmp_path / "notes.sqlite"
     text.write_text("not a database at all, just text " * 40)
-    with pytest.raises(ValueError, match="notes.sqlite"):
+    with pytest.raises(AnnotationFileError, match="notes.sqlite"):
         read_sliderunner(text)
     empty = tmp_path / "empty.sqlite"
     sqlite3.connect(empty).execute("CREATE TABLE t (x)").connection.close()
-    with pytest.raises(ValueError, match=r"empty.sqlite: not a SlideRunner database \(missing tables"):
+    with pytest.raises(AnnotationFileError, match=r"empty.sqlite: not a SlideRunner database \(missing tables"):
         read_sliderunner(empty)
     with pytest.raises(FileNotFoundError):
         read_sliderunner(tmp_path / "absent.sqlite")

@@ -6,5 +6,6 @@ from alkit.errors import AlkitError
 class AnnotationFileError(AlkitError, ValueError):
     """An annotation file that cannot be read as its format: the message names the file and the problem.
 
-    A ``ValueError`` as well, so callers of the older readers (which raise ``ValueError``) catch it too.
+    Every reader (ASAP, SlideRunner, NCRF, QuPath) raises it; it is a ``ValueError`` as well, so code
+    that catches ``ValueError`` keeps working.
     """

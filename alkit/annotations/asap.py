@@ -28,6 +28,7 @@ import defusedxml.ElementTree as SafeET
 import numpy as np
 from defusedxml import DefusedXmlException
 
+from alkit.annotations import AnnotationFileError
 from alkit.atomic import atomic_write_bytes
 
 __all__ = ["AsapAnnotation", "read_asap_xml", "write_asap_xml", "CAMELYON16_GROUPS"]
@@ -52,7 +53,7 @@ def read_asap_xml(path: str | os.PathLike, types: Iterable[str] | None = None) -
     ``types`` keeps only annotations whose ``Type`` attribute is one of them (e.g. ``{"Polygon"}``);
     by default all types (Polygon, Spline, Rectangle, Dot, PointSet, ...) are returned.
 
-    Raises :class:`FileNotFoundError` when the file is missing and :class:`ValueError`, naming the
+    Raises :class:`FileNotFoundError` when the file is missing and :class:`AnnotationFileError`, naming the
     file and the problem, when it is not well-formed XML, not an ASAP document, or has a coordinate
     without numeric X/Y.
     """
@@ -62,11 +63,11 @@ def read_asap_xml(path: str | os.PathLike, types: Iterable[str] | None = None) -
     try:
         root = SafeET.parse(path).getroot()
     except ET.ParseError as exc:
-        raise ValueError(f"{path}: not well-formed XML ({exc})") from exc
+        raise AnnotationFileError(f"{path}: not well-formed XML ({exc})") from exc
     except DefusedXmlException as exc:
-        raise ValueError(f"{path}: refused unsafe XML construct ({exc!r})") from exc
+        raise AnnotationFileError(f"{path}: refused unsafe XML construct ({exc!r})") from exc
     if root.tag != "ASAP_Annotations":
-        raise ValueError(f"{path}: root element is <{root.tag}>, expected <ASAP_Annotations>")
+        raise AnnotationFileError(f"{path}: root element is <{root.tag}>, expected <ASAP_Annotations>")
     keep = None if types is None else {t.lower() for t in types}
     out: list[AsapAnnotation] = []
     container = root.find("Annotations")
@@ -83,15 +84,15 @@ def read_asap_xml(path: str | os.PathLike, types: Iterable[str] | None = None) -
             try:
                 x, y = float(c.get("X")), float(c.get("Y"))  # type: ignore[arg-type]
             except (TypeError, ValueError):
-                raise ValueError(f"{path}: annotation {name!r}, coordinate #{j} has no numeric X/Y "
+                raise AnnotationFileError(f"{path}: annotation {name!r}, coordinate #{j} has no numeric X/Y "
                                  f"(X={c.get('X')!r}, Y={c.get('Y')!r})") from None
             if not (np.isfinite(x) and np.isfinite(y)):
-                raise ValueError(f"{path}: annotation {name!r}, coordinate #{j} is not finite ({x}, {y})")
+                raise AnnotationFileError(f"{path}: annotation {name!r}, coordinate #{j} is not finite ({x}, {y})")
             order = c.get("Order")
             try:
                 key = float(order) if order is not None else float(j)
             except ValueError:
-                raise ValueError(f"{path}: annotation {name!r}, coordinate #{j} has a non-numeric "
+                raise AnnotationFileError(f"{path}: annotation {name!r}, coordinate #{j} has a non-numeric "
                                  f"Order={order!r}") from None
             points.append((key, x, y))
         points.sort(key=lambda p: p[0])  # stable: document order breaks ties

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from alkit.annotations import AnnotationFileError
 from alkit.atomic import atomic_path
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ def read_sliderunner(path: str | os.PathLike, *, drop_deleted: bool = False,
     names. The class is ``agreedClass``; where that is missing, the latest vote in
     ``Annotations_label``. Annotations without coordinates are skipped with a warning.
 
-    Raises :class:`FileNotFoundError` for a missing file and :class:`ValueError` naming the file when
+    Raises :class:`FileNotFoundError` for a missing file and :class:`AnnotationFileError` naming the file when
     it is not an SQLite database or lacks SlideRunner's tables.
     """
     path = Path(path)
@@ -129,19 +130,19 @@ def read_sliderunner(path: str | os.PathLike, *, drop_deleted: bool = False,
     try:
         con = _connect_ro(path)
     except sqlite3.Error as exc:
-        raise ValueError(f"{path}: cannot open as SQLite ({exc})") from exc
+        raise AnnotationFileError(f"{path}: cannot open as SQLite ({exc})") from exc
     try:
         try:
             tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         except sqlite3.DatabaseError as exc:
-            raise ValueError(f"{path}: not an SQLite database ({exc})") from exc
+            raise AnnotationFileError(f"{path}: not an SQLite database ({exc})") from exc
         missing = [t for t in _REQUIRED if t not in tables]
         if missing:
-            raise ValueError(f"{path}: not a SlideRunner database (missing tables {', '.join(missing)})")
+            raise AnnotationFileError(f"{path}: not a SlideRunner database (missing tables {', '.join(missing)})")
         cols = {r[1] for r in con.execute("PRAGMA table_info(Annotations)")}
         for need in ("uid", "slide", "type"):
             if need not in cols:
-                raise ValueError(f"{path}: table Annotations has no column {need!r}")
+                raise AnnotationFileError(f"{path}: table Annotations has no column {need!r}")
         deleted_sql = "a.deleted" if "deleted" in cols else "0"
         guid_sql = "a.guid" if "guid" in cols else "NULL"
         agreed_sql = "a.agreedClass" if "agreedClass" in cols else "NULL"
@@ -186,7 +187,7 @@ def read_sliderunner(path: str | os.PathLike, *, drop_deleted: bool = False,
             log.warning("%s: %d annotation(s) without coordinates skipped", path, n_nocoord)
         return out
     except sqlite3.DatabaseError as exc:
-        raise ValueError(f"{path}: unreadable SlideRunner database ({exc})") from exc
+        raise AnnotationFileError(f"{path}: unreadable SlideRunner database ({exc})") from exc
     finally:
         con.close()
 

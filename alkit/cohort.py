@@ -10,7 +10,7 @@ from pathlib import Path
 
 from alkit.grid import PatchGrid
 from alkit.slide import SlideError
-from alkit.store import EmbeddingStore, StoreError, StoreHeader
+from alkit.store import EmbeddingStore, StoreError, StoreHeader, read_attrs
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 
@@ -91,7 +91,7 @@ class Cohort:
         folder = Path(folder)
         paths = sorted(folder.glob("*.h5"))
         if encoder is not None:
-            paths = [p for p in paths if StoreHeader.load(p).attrs.get("encoder") == encoder]
+            paths = [p for p in paths if read_attrs(p).get("encoder") == encoder]
         if not paths:
             raise StoreError(f"{folder}: no embedding stores{f' for encoder {encoder}' if encoder else ''} "
                              "(run alkit embed first)")

@@ -13,6 +13,7 @@ import json
 import os
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,10 +94,11 @@ class EmbeddingStore(_SlideGridMixin):
     @classmethod
     def load(cls, path: str | os.PathLike) -> EmbeddingStore:
         """The whole store in memory (:class:`StoreHeader` keeps the features on disk)."""
-        header = StoreHeader.load(path)
-        with h5py.File(header.path, "r") as f:
+        path = Path(path)
+        with _open_store(path) as f:  # one open for header and features
+            header = StoreHeader.from_file(path, f)
             features = f["features"][()]
-        return cls(header.path, header.coords, features, header.attrs, header.tissue_fraction)
+        return cls(path, header.coords, features, header.attrs, header.tissue_fraction)
 
 
 @dataclass(frozen=True)
@@ -120,18 +122,23 @@ class StoreHeader(_SlideGridMixin):
     def load(cls, path: str | os.PathLike) -> StoreHeader:
         """Read everything but the features; :class:`StoreError` if ``path`` is not a readable store."""
         path = Path(path)
-        attrs = read_attrs(path)
-        with h5py.File(path, "r") as f:
-            if "features" not in f or "coords" not in f:
-                raise StoreError(f"{path}: no 'features' / 'coords' datasets")
-            feats = f["features"]
-            if feats.ndim != 2:
-                raise StoreError(f"{path}: features must be (n, C), got shape {feats.shape}")
-            tissue = f["tissue_fraction"][()].astype(np.float32) if "tissue_fraction" in f else None
-            coords = f["coords"][()]
-            if len(coords) != feats.shape[0]:
-                raise StoreError(f"{path}: {len(coords)} coords but {feats.shape[0]} feature rows")
-            return cls(path, coords, attrs, int(feats.shape[0]), int(feats.shape[1]), feats.dtype, tissue)
+        with _open_store(path) as f:
+            return cls.from_file(path, f)
+
+    @classmethod
+    def from_file(cls, path: Path, f: h5py.File) -> StoreHeader:
+        """The header of the store open as ``f`` (checked: datasets present, shapes consistent)."""
+        if "features" not in f or "coords" not in f:
+            raise StoreError(f"{path}: no 'features' / 'coords' datasets")
+        feats = f["features"]
+        if feats.ndim != 2:
+            raise StoreError(f"{path}: features must be (n, C), got shape {feats.shape}")
+        tissue = f["tissue_fraction"][()].astype(np.float32) if "tissue_fraction" in f else None
+        coords = f["coords"][()]
+        if len(coords) != feats.shape[0]:
+            raise StoreError(f"{path}: {len(coords)} coords but {feats.shape[0]} feature rows")
+        return cls(path, coords, json.loads(f.attrs["alkit"]), int(feats.shape[0]), int(feats.shape[1]),
+                   feats.dtype, tissue)
 
     def feature_chunks(self, chunk: int) -> Iterator[tuple[int, np.ndarray]]:
         """``(start, rows)`` for consecutive blocks of at most ``chunk`` feature rows, read from disk.
@@ -149,18 +156,24 @@ class StoreHeader(_SlideGridMixin):
                 yield start, buf[:stop - start]
 
 
-def read_attrs(path: str | os.PathLike) -> dict:
-    """A store's attributes; :class:`StoreError` if it is not a readable alkit store."""
-    path = Path(path)
+@contextmanager
+def _open_store(path: Path) -> Iterator[h5py.File]:
+    """The store file open for reading; :class:`StoreError` if it is missing, unreadable or not ours."""
     if not path.is_file():
         raise StoreError(f"{path}: no such store file")
     try:
         with h5py.File(path, "r") as f:
             if "alkit" not in f.attrs:
                 raise StoreError(f"{path}: not an alkit embedding store (no 'alkit' attribute)")
-            return json.loads(f.attrs["alkit"])
+            yield f
     except OSError as exc:
         raise StoreError(f"{path}: unreadable HDF5 file: {exc}") from None
+
+
+def read_attrs(path: str | os.PathLike) -> dict:
+    """A store's attributes; :class:`StoreError` if it is not a readable alkit store."""
+    with _open_store(Path(path)) as f:
+        return json.loads(f.attrs["alkit"])
 
 
 def is_cached(path: str | os.PathLike, attrs: dict) -> bool:

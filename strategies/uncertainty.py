@@ -22,11 +22,14 @@ class UncertaintyStrategy:
 
     name = "uncertainty"
 
-    def __init__(self, task=None, measure: str = "entropy", selector: str = "standard", mc_samples: int = 0):
+    def __init__(self, task=None, measure: str = "entropy", selector: str = "standard",
+                 mc_samples: int | None = None):
         if measure not in MEASURES:
             raise StrategyError(f"measure must be one of {', '.join(MEASURES)}, got {measure!r}")
+        if mc_samples is None:
+            mc_samples = 10 if measure == "bald" else 0  # BALD is defined over MC-dropout samples
         if measure == "bald" and mc_samples < 2:
-            mc_samples = 10  # BALD is defined over MC-dropout samples
+            raise StrategyError(f"bald needs at least 2 MC-dropout samples, got mc_samples={mc_samples}")
         self.task, self.measure, self.mc_samples = task, measure, int(mc_samples)
         self.selector = check_selector(selector)
 

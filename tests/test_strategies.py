@@ -144,3 +144,11 @@ def test_prototype_regions_hold_clearly_more_tumour_than_random(embedded_cohort,
             embedded_cohort, budget, np.random.default_rng(0)).regions
         shares = _tumour_share([p for p in picks if p.slide in tumour_slides], synthetic_cohort)
         assert np.mean(shares) >= 2.5 * np.mean(random_shares), (selector, shares, np.mean(random_shares))
+
+
+def test_uncertainty_bald_takes_its_default_samples_and_refuses_too_few():
+    assert get_strategy("uncertainty", measure="bald").mc_samples == 10
+    assert get_strategy("uncertainty", measure="bald", mc_samples=4).mc_samples == 4
+    assert get_strategy("uncertainty").mc_samples == 0
+    with pytest.raises(StrategyError, match="bald needs at least 2"):
+        get_strategy("uncertainty", measure="bald", mc_samples=1)

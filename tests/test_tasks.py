@@ -208,7 +208,7 @@ def test_mc_dropout_samples_differ_and_bald_map_is_finite(fitted, embedded_cohor
         acquisition_map(fitted, store, "bald")
 
 
-def test_quiet_and_pluggable_logger(embedded_cohort, truth, tmp_path, capfd):
+def test_training_is_quiet_by_default(embedded_cohort, truth, capfd):
     examples = _examples(embedded_cohort, truth, FOLDS[0][0])
     PatchClassifierTask(seed=0, max_epochs=2).fit(examples)
     out, err = capfd.readouterr()

@@ -698,7 +698,9 @@ def _sample_points(rng: np.random.Generator, lay: _Layout, n: int, where: str,
         bx0, by0, bx1, by1 = g.bounds
     cand_idx = np.flatnonzero(inner)
     out: list[tuple[float, float]] = []
-    allp = list(taken)
+    placed = np.empty((len(taken) + n, 2))  # every point so far (earlier calls' first), for the spacing test
+    placed[:len(taken)] = np.asarray(taken, np.float64).reshape(-1, 2)
+    k = len(taken)
     for _ in range(200):
         if len(out) >= n:
             break
@@ -724,12 +726,14 @@ def _sample_points(rng: np.random.Generator, lay: _Layout, n: int, where: str,
                 ok &= shapely.distance(geom, shapely.points(xs, ys)) > 10.0 / lay.mpp
             if where == "stroma" and lay.lymph is not None:
                 ok &= _sample_plan(lay.lymph, f, xs, ys) < 0.02
-        for x, y in zip(xs[ok], ys[ok]):
-            if all((x - a) ** 2 + (y - b) ** 2 >= min_sep ** 2 for a, b in allp):
-                out.append((float(x), float(y)))
-                allp.append((float(x), float(y)))
-                if len(out) >= n:
-                    break
+        for x, y in zip(xs[ok], ys[ok]):  # in order: each accepted point constrains the next candidates
+            if ((placed[:k, 0] - x) ** 2 + (placed[:k, 1] - y) ** 2 < min_sep ** 2).any():
+                continue
+            placed[k] = x, y
+            k += 1
+            out.append((float(x), float(y)))
+            if len(out) >= n:
+                break
     taken.extend(out)
     return out
 
@@ -946,6 +950,11 @@ class _Renderer:
         lay = self.lay
         key = lay.key
         xs, ys, cls, spr, dab = [], [], [], [], []
+        # figures near enough to displace a nucleus of this window (not every figure of the slide)
+        clear, m = 9.0 * self.p, 9.0 * self.p + self.reach
+        near_window = ((self.fig_x >= x0 - m) & (self.fig_x < x0 + w + m)
+                       & (self.fig_y >= y0 - m) & (self.fig_y < y0 + h + m))
+        fig_x, fig_y = self.fig_x[near_window], self.fig_y[near_window]
         for lattice, spacing in ((0, self.s_a), (1, self.s_b)):
             px, py, u, z, sel = self._lattice(x0, y0, w, h, spacing, key + 100 * lattice)
             if px.size == 0:
@@ -965,10 +974,8 @@ class _Renderer:
                 prob = np.where(in_t, 0.04, 0.025 + 0.85 * lym)
                 c = np.full(px.shape, _LYMPH)
             acc = u < prob
-            if self.fig_x.size:
-                near = ((px[:, None] - self.fig_x) ** 2 + (py[:, None] - self.fig_y) ** 2
-                        < (9.0 * self.p) ** 2).any(axis=1)
-                acc &= ~near
+            if fig_x.size:
+                acc &= ~((px[:, None] - fig_x) ** 2 + (py[:, None] - fig_y) ** 2 < clear ** 2).any(axis=1)
             xs.append(px[acc])
             ys.append(py[acc])
             cls.append(c[acc])

@@ -397,7 +397,6 @@ class _Layout:
     v_e: np.ndarray = field(default_factory=lambda: _V_E.copy())
     ihc: str | None = None                   # None, "membrane" or "nuclear"
     distractors: dict[str, int] = field(default_factory=dict)
-    target_fraction: float = 0.0
     tissue_dist: np.ndarray | None = None    # plan, distance to the tissue edge (planning only)
 
     @property
@@ -789,8 +788,8 @@ def _make_layout(rng: np.random.Generator, width: int, height: int, mpp: float, 
                  tissue: str = "pieces", tumour_fraction: float | None = None,
                  tumour_full: bool = False, distractors: dict | None = None,
                  figures: bool = True, lymph_level: float | None = None,
-                 ihc: str | None = None) -> tuple[_Layout, float, float]:
-    """Plan one slide or crop. Returns (layout, tumour area px, planned tissue area px)."""
+                 ihc: str | None = None) -> _Layout:
+    """Plan one slide or crop: tissue, tumour, distractors and figures."""
     f = _plan_factor(width, height, mpp)
     ph, pw = math.ceil(height / f), math.ceil(width / f)
     tb = _tissue_bin(rng, ph, pw, tissue)
@@ -817,7 +816,6 @@ def _make_layout(rng: np.random.Generator, width: int, height: int, mpp: float, 
                                       [-f, height + f]], float)]
         tumour_px = tissue_px
     elif tumour_fraction:
-        lay.target_fraction = float(tumour_fraction)
         lay.tumour_polys, tumour_px = _tumour_regions(rng, lay, tumour_fraction)
     if lay.tumour_polys:
         geom = shapely.MultiPolygon([Polygon(p) for p in lay.tumour_polys])
@@ -830,7 +828,7 @@ def _make_layout(rng: np.random.Generator, width: int, height: int, mpp: float, 
     if figures:
         _place_figures(rng, lay, tumour_px, tissue_px)
     lay.tissue_dist = None
-    return lay, tumour_px, tissue_px
+    return lay
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1446,16 +1444,16 @@ def _caption_image(rng: np.random.Generator, kind: str, meta: dict, seed: int) -
     pts: list[tuple[float, float]] = []
     if kind == "tumour":
         mpp = meta.get("mpp") or float(_pick(rng, [0.25, 0.25, 0.5, 1.0]))
-        lay, _, _ = _make_layout(rng, w, h, mpp, tissue="full" if mpp < 1 else "partial",
+        lay = _make_layout(rng, w, h, mpp, tissue="full" if mpp < 1 else "partial",
                                  tumour_fraction=rng.uniform(0.55, 0.9), figures=False,
                                  lymph_level=rng.uniform(0, 0.5))
     elif kind == "normal":
         mpp = float(_pick(rng, [0.25, 0.5, 1.0]))
-        lay, _, _ = _make_layout(rng, w, h, mpp, tissue="full" if mpp < 1 else "partial",
+        lay = _make_layout(rng, w, h, mpp, tissue="full" if mpp < 1 else "partial",
                                  figures=False, lymph_level=meta.get("lymph", 0.3))
     elif kind == "mitosis":
         mpp = float(_pick(rng, [0.2, 0.25, 0.3]))
-        lay, _, _ = _make_layout(rng, w, h, mpp, tissue="full", tumour_full=True, figures=False,
+        lay = _make_layout(rng, w, h, mpp, tissue="full", tumour_full=True, figures=False,
                                  lymph_level=0.0)
         n = int(rng.integers(1, 4))
         taken: list[tuple[float, float]] = []
@@ -1486,13 +1484,13 @@ def _caption_image(rng: np.random.Generator, kind: str, meta: dict, seed: int) -
         elif sub == "fold":
             spec["fold_um"] = (0.06 * size_um, 0.15 * size_um)
             spec["fold_len"] = (0.7, 1.2)
-        lay, _, _ = _make_layout(rng, w, h, mpp, tissue=_pick(rng, ["full", "partial"]),
+        lay = _make_layout(rng, w, h, mpp, tissue=_pick(rng, ["full", "partial"]),
                                  distractors=spec, figures=False)
         truth["subkind"] = sub
     elif kind == "ihc":
         mpp = float(_pick(rng, [0.25, 0.5, 1.0]))
         frac = meta.get("tumour_fraction") or rng.uniform(0.4, 0.85)
-        lay, _, _ = _make_layout(rng, w, h, mpp, tissue="full" if mpp < 1 else "partial",
+        lay = _make_layout(rng, w, h, mpp, tissue="full" if mpp < 1 else "partial",
                                  tumour_fraction=frac, figures=False, ihc=meta.get("ihc", "membrane"),
                                  lymph_level=rng.uniform(0, 0.5))
         truth["ihc"] = lay.ihc
@@ -1761,7 +1759,7 @@ def _generate(out: Path, n_slides: int, width: int, height: int, seed: int, mpp:
         rng = np.random.default_rng([seed & 0xFFFFFFFF, seed >> 32, 1, i])
         target = float(rng.uniform(lo + 0.15 * span, hi - 0.15 * span)) if i in tumour_set else None
         spec = _random_distractor_spec(rng)
-        lay, tumour_px, _ = _make_layout(rng, width, height, mpp, tumour_fraction=target,
+        lay = _make_layout(rng, width, height, mpp, tumour_fraction=target,
                                          distractors=spec)
         renderer = _Renderer(lay, seed)
         tif_path = slides_dir / f"{sid}.tif"

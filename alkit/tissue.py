@@ -140,7 +140,7 @@ def tissue_mask_from_rgb(
 
     hsv = rgb2hsv(ndimage.uniform_filter(small.astype(np.float32), size=(3, 3, 1)) / 255.0)
     ink = _ink_mask(hsv)
-    saturation = np.where(ink, 0.0, hsv[..., 1])
+    saturation = hsv[..., 1]  # ink pixels are excluded below, from the threshold and from the mask
     values = saturation[~ink]
     if values.size == 0 or np.ptp(values) < 1e-6:
         threshold = MAX_THRESHOLD if (values.size and values[0] > MAX_THRESHOLD) else MIN_THRESHOLD

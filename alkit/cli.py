@@ -326,8 +326,10 @@ def _quiet_lightning() -> None:
     """Lightning sets its loggers to INFO when imported (device summaries, tips): follow -v instead."""
     import pytorch_lightning  # noqa: F401  (import first: the import itself sets the level)
 
+    from alkit.tasks.patch_classifier import LIGHTNING_LOGGERS
+
     level = logging.getLogger().level
-    for chatty in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
+    for chatty in LIGHTNING_LOGGERS:
         logging.getLogger(chatty).setLevel(level)
 
 

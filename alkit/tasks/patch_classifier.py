@@ -614,7 +614,7 @@ def _rng_scope(seed: int) -> Iterator[None]:
         yield
 
 
-_LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric")
+LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric")
 
 
 @contextlib.contextmanager
@@ -623,7 +623,7 @@ def _quiet(enabled: bool) -> Iterator[None]:
     if not enabled:
         yield
         return
-    loggers = [logging.getLogger(name) for name in _LIGHTNING_LOGGERS]
+    loggers = [logging.getLogger(name) for name in LIGHTNING_LOGGERS]
     levels = [lg.level for lg in loggers]
     try:
         for lg in loggers:

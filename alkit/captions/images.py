@@ -156,6 +156,7 @@ class ImageEmbedder:
         self.progress = progress
         self.computed = 0
         self.from_cache = 0
+        self._cache: dict[str, np.ndarray] | None = None  # the cache file's entries, read once per embedder
 
     @property
     def cache_file(self) -> Path:
@@ -178,6 +179,11 @@ class ImageEmbedder:
         return keys
 
     def _load_cache(self) -> dict[str, np.ndarray]:
+        if self._cache is None:
+            self._cache = self._read_cache()
+        return self._cache
+
+    def _read_cache(self) -> dict[str, np.ndarray]:
         if not (self.use_cache and self.cache_file.is_file()):
             return {}
         try:

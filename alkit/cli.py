@@ -16,8 +16,8 @@ log = logging.getLogger("alkit")
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from alkit.slide import Slide
-    from alkit.tissue import detect_tissue
+    from alkit.wsi.slide import Slide
+    from alkit.wsi.tissue import detect_tissue
 
     for path in args.slides:
         with Slide(path, mpp=args.mpp) as slide:
@@ -50,8 +50,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
-    from alkit.cohort import expand_slide_paths
-    from alkit.embed import EmbedConfig, Embedder
+    from alkit.embeddings.cohort import expand_slide_paths
+    from alkit.embeddings.embed import EmbedConfig, Embedder
 
     _quiet_lightning()
 
@@ -106,7 +106,7 @@ def _cmd_prototypes_review(args: argparse.Namespace) -> int:
     db = _open_db(args)
     if args.encoder:
         from alkit.captions.review import with_typicality
-        from alkit.encoders import get_encoder
+        from alkit.embeddings.encoders import get_encoder
 
         hits = with_typicality(hits, db, get_encoder(args.encoder, device=args.device), cache_dir=args.cache)
     title = args.title or f"{len(hits)} hits of {args.hits} ({db.name})"
@@ -116,7 +116,7 @@ def _cmd_prototypes_review(args: argparse.Namespace) -> int:
 
 
 def _parse_class(spec: str) -> tuple[str, str | None]:
-    from alkit.prototypes import PrototypeError
+    from alkit.prototypes.prototype_set import PrototypeError
 
     name, sep, hits = spec.partition("=")
     if not name.strip() or (sep and not hits.strip()):
@@ -131,9 +131,9 @@ def _cmd_prototypes_build(args: argparse.Namespace) -> int:
 
     from alkit.captions import ImageEmbedder, ImagePrep, read_hits, read_id_list, write_hits
     from alkit.captions.retrieval import RETRIEVAL_PREP, retrieve
-    from alkit.encoders import get_encoder
-    from alkit.prototypes import PrototypeError, build_prototypes, check_encoder_match, read_boxes
-    from alkit.store import read_attrs
+    from alkit.embeddings.encoders import get_encoder
+    from alkit.prototypes.prototype_set import PrototypeError, build_prototypes, check_encoder_match, read_boxes
+    from alkit.embeddings.store import read_attrs
 
     classes = [_parse_class(c) for c in args.class_]
     names = [n for n, _ in classes]
@@ -268,9 +268,9 @@ def _add_prototype_commands(sub) -> None:
 def _cmd_select(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from alkit.cohort import Cohort
-    from alkit.export import write_selection
-    from alkit.strategy import Budget, StrategyError, get_strategy
+    from alkit.embeddings.cohort import Cohort
+    from alkit.selection.export import write_selection
+    from alkit.selection.strategy import Budget, StrategyError, get_strategy
 
     cohort = Cohort.from_store_dir(args.stores, encoder=args.encoder)
     params = {}
@@ -297,8 +297,8 @@ def _print_summary(summary: dict, tracking_uri: str) -> None:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from alkit.compare import load_config, run_study, summarise_study
-    from alkit.tracking import resolve_tracking_uri
+    from alkit.study.compare import load_config, run_study, summarise_study
+    from alkit.study.tracking import resolve_tracking_uri
 
     config = load_config(args.config)  # every config error surfaces here, before any work
     _quiet_lightning()
@@ -309,8 +309,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from alkit.demo import run_demo
-    from alkit.tracking import resolve_tracking_uri
+    from alkit.study.demo import run_demo
+    from alkit.study.tracking import resolve_tracking_uri
 
     _quiet_lightning()
     uri = resolve_tracking_uri(args.tracking_uri)
@@ -326,7 +326,7 @@ def _quiet_lightning() -> None:
     """Lightning sets its loggers to INFO when imported (device summaries, tips): follow -v instead."""
     import pytorch_lightning  # noqa: F401  (import first: the import itself sets the level)
 
-    from alkit.tasks.patch_classifier import LIGHTNING_LOGGERS
+    from alkit.tasks.segmentation.classifier import LIGHTNING_LOGGERS
 
     level = logging.getLogger().level
     for chatty in LIGHTNING_LOGGERS:

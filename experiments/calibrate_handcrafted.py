@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from alkit.encoders.handcrafted import handcrafted_features
+from alkit.embeddings.encoders.handcrafted import handcrafted_features
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 PATCH = 256

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from alkit.cohort import CohortSlide
-from alkit.regions import box_sums, select_adaptive, select_standard
-from alkit.strategy import Box, Labeled, RegionPick, StrategyError
+from alkit.embeddings.cohort import CohortSlide
+from alkit.selection.regions import box_sums, select_adaptive, select_standard
+from alkit.selection.strategy import Box, Labeled, RegionPick, StrategyError
 
 SELECTORS = {"standard": select_standard, "adaptive": select_adaptive}
 

@@ -5,7 +5,7 @@ corner; the last row and column are clipped to the map). A window's feature is t
 L2-normalised embeddings of its tissue cells, normalised again; windows with less than
 ``min_tissue`` tissue, without embeddings, or overlapping labeled regions are left out. k-means
 with k = N·n clusters (N slides, n regions per slide) runs over the windows of all slides together
-(:func:`alkit.clustering.kmeans`, seeded from ``rng``). Then, clusters in decreasing order of size,
+(:func:`alkit.selection.clustering.kmeans`, seeded from ``rng``). Then, clusters in decreasing order of size,
 each cluster takes the window nearest its centroid among those of slides that still have budget,
 so no slide gets more than n; a slide gets fewer only when it has fewer eligible windows
 (reported as a shortfall).
@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from alkit.clustering import kmeans
-from alkit.cohort import Cohort, CohortSlide
-from alkit.regions import overlap_mask
-from alkit.store import StoreHeader
-from alkit.strategy import Budget, Labeled, Selection
+from alkit.selection.clustering import kmeans
+from alkit.embeddings.cohort import Cohort, CohortSlide
+from alkit.selection.regions import overlap_mask
+from alkit.embeddings.store import StoreHeader
+from alkit.selection.strategy import Budget, Labeled, Selection
 from strategies._common import labeled_cells, to_picks
 
 

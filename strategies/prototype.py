@@ -1,6 +1,6 @@
 """Prototype sampling (Qiu et al., MICCAI 2024): regions most similar to typical images of a class.
 
-Per slide, the similarity map of each class (:func:`alkit.maps.similarity_map`: per cell the highest
+Per slide, the similarity map of each class (:func:`alkit.prototypes.maps.similarity_map`: per cell the highest
 cosine similarity to the class's prototypes, streamed from the store file in chunks, all classes in
 one pass, so dense 64-px grids stay memory-bounded) goes through a region selector — ``standard`` (sliding
 window + non-maximum suppression) or ``adaptive`` (threshold-bisection boxes). Several classes share
@@ -16,10 +16,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from alkit.cohort import Cohort
-from alkit.maps import similarity_maps
-from alkit.prototypes import PrototypeSet
-from alkit.strategy import Budget, Labeled, Selection, StrategyError
+from alkit.embeddings.cohort import Cohort
+from alkit.prototypes.maps import similarity_maps
+from alkit.prototypes.prototype_set import PrototypeSet
+from alkit.selection.strategy import Budget, Labeled, Selection, StrategyError
 from strategies._common import check_selector, select_on_maps
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from alkit.cohort import Cohort
-from alkit.regions import overlap_mask
-from alkit.strategy import Budget, Labeled, Selection
+from alkit.embeddings.cohort import Cohort
+from alkit.selection.regions import overlap_mask
+from alkit.selection.strategy import Budget, Labeled, Selection
 from strategies._common import labeled_cells, to_picks, window_tissue
 
 

@@ -1,19 +1,19 @@
 """Uncertainty acquisition: regions where the current model is least sure.
 
-Per slide, the task model's per-patch uncertainty (:func:`alkit.uncertainty.acquisition_map`:
+Per slide, the task model's per-patch uncertainty (:func:`alkit.al.uncertainty.acquisition_map`:
 entropy, margin, least confidence, or MC-dropout BALD) is a score map like any other and goes
 through the same standard or adaptive selector, with labeled regions excluded. The strategy needs
-the trained model: pass ``task=`` or let :class:`alkit.loop.ActiveLearningLoop` bind its own task.
+the trained model: pass ``task=`` or let :class:`alkit.al.loop.ActiveLearningLoop` bind its own task.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from alkit.cohort import Cohort
-from alkit.store import StoreHeader
-from alkit.strategy import Budget, Labeled, Selection, StrategyError
-from alkit.uncertainty import MEASURES, acquisition_map
+from alkit.embeddings.cohort import Cohort
+from alkit.embeddings.store import StoreHeader
+from alkit.selection.strategy import Budget, Labeled, Selection, StrategyError
+from alkit.al.uncertainty import MEASURES, acquisition_map
 from strategies._common import check_selector, select_on_maps
 
 

@@ -56,8 +56,8 @@ def synthetic_cohort(tmp_path_factory):
 @pytest.fixture(scope="session")
 def embedded_cohort(synthetic_cohort, tmp_path_factory):
     """The synthetic cohort embedded with the offline encoder: 128-px patches at 0.5 µm/px (16 x 16 grid)."""
-    from alkit.cohort import Cohort
-    from alkit.embed import EmbedConfig, embed_slides
+    from alkit.embeddings.cohort import Cohort
+    from alkit.embeddings.embed import EmbedConfig, embed_slides
 
     config = EmbedConfig(encoder="handcrafted", mpp=0.5, patch=128, batch_size=128, num_workers=0,
                          accelerator="cpu", devices=1)
@@ -104,8 +104,8 @@ def tiny_clip_spec(tiny_clip) -> str:
 def mitosis_cohort(root: Path, n_slides: int, n_caption_images: int = 0):
     """Tumour-only synthetic slides of 2048 px (0.25 µm/px, seed 5) embedded at 64 px, stride 64 (the mitosis
     task's grid), with their SlideRunner oracle: ``(cohort, store paths, oracle)``."""
-    from alkit.embed import EmbedConfig, embed_slides
-    from alkit.oracle import MitosisOracle
+    from alkit.embeddings.embed import EmbedConfig, embed_slides
+    from alkit.al.oracle import MitosisOracle
     from alkit.synthetic import generate_cohort
 
     cohort = generate_cohort(root / "cohort", n_slides=n_slides, size=2048, seed=5, progress=False,
@@ -121,7 +121,7 @@ def on_tissue_count(slide, points) -> int:
     """How many level-0 points fall in an embedded cell of ``slide`` (a CohortSlide), point by point."""
     import numpy as np
 
-    from alkit.store import StoreHeader
+    from alkit.embeddings.store import StoreHeader
 
     embedded = {tuple(c) for c in StoreHeader.load(slide.store_path).coords.tolist()}
     s = slide.grid.stride0

@@ -14,7 +14,7 @@ when it differs from the encoder's input size): the encoder then rescales protot
 A per-image crop box ``(x, y, w, h)`` in image pixels (e.g. around a mitotic figure) is cut out
 first, then the mode applies (``resize`` with ``size=64`` gives the paper's 64 × 64 mitosis crops).
 Resampling uses area averaging when shrinking and bicubic interpolation when enlarging, like
-:meth:`alkit.slide.Slide.read`. The prepared uint8 ``size`` × ``size`` images then go through the
+:meth:`alkit.wsi.slide.Slide.read`. The prepared uint8 ``size`` × ``size`` images then go through the
 encoder's own preprocessing, exactly like slide patches.
 
 :class:`ImageEmbedder` embeds database images in batches and keeps the L2-normalised embeddings in an
@@ -39,7 +39,7 @@ from PIL import Image
 
 from alkit.atomic import atomic_path
 from alkit.captions.database import CaptionDB, CaptionDBError
-from alkit.encoders import Encoder, l2_normalise
+from alkit.embeddings.encoders import Encoder, l2_normalise
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ import torch
 from alkit.captions.database import CaptionDB, CaptionDBError
 from alkit.captions.images import ImageEmbedder, ImagePrep
 from alkit.captions.search import NoHitsError, Step
-from alkit.encoders import Encoder, l2_normalise
-from alkit.prototypes import check_encoder_match
+from alkit.embeddings.encoders import Encoder, l2_normalise
+from alkit.prototypes.prototype_set import check_encoder_match
 
 log = logging.getLogger(__name__)
 

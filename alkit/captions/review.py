@@ -242,7 +242,7 @@ def with_typicality(hits: Sequence[Mapping], db: CaptionDB, encoder, *, sort: bo
                     cache_dir: str | os.PathLike | None = None, use_cache: bool = True) -> list[dict]:
     """``hits`` with a ``typicality`` each (hits without an image get none), least typical first if ``sort``."""
     from alkit.captions.images import ImageEmbedder, ImagePrep
-    from alkit.prototypes import typicality
+    from alkit.prototypes.prototype_set import typicality
 
     hits = [dict(h) for h in hits]
     known = set(db.ids)

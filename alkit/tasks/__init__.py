@@ -6,9 +6,9 @@ needs only ``fit(examples) -> dict``, ``predict_proba(store) -> (rows, cols)`` a
 acquisition, ``predict_mc(store, samples) -> (samples, rows, cols)``.
 """
 
-from alkit.tasks.patch_classifier import (BalancedSampler, LabeledCells, PatchClassifier, PatchClassifierTask,
+from alkit.tasks.segmentation.classifier import (BalancedSampler, LabeledCells, PatchClassifier, PatchClassifierTask,
                                           default_augmentation, split_by_region)
-from alkit.tasks.mitosis_detector import DetectionExample, MitosisDetectorTask
+from alkit.tasks.detection.detector import DetectionExample, MitosisDetectorTask
 
 __all__ = ["BalancedSampler", "DetectionExample", "LabeledCells", "MitosisDetectorTask", "PatchClassifier",
            "PatchClassifierTask", "default_augmentation", "split_by_region"]

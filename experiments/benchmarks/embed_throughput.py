@@ -23,10 +23,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from alkit.embed import EmbedConfig, Embedder, PatchDataset  # noqa: E402
-from alkit.grid import PatchGrid  # noqa: E402
-from alkit.slide import Slide  # noqa: E402
-from alkit.tissue import detect_tissue  # noqa: E402
+from alkit.embeddings.embed import EmbedConfig, Embedder, PatchDataset  # noqa: E402
+from alkit.wsi.grid import PatchGrid  # noqa: E402
+from alkit.wsi.slide import Slide  # noqa: E402
+from alkit.wsi.tissue import detect_tissue  # noqa: E402
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from alkit.encoders import get_encoder
+from alkit.embeddings.encoders import get_encoder
 
 
 def bench(spec: str, device: str, batch: int, size: int, repeats: int) -> tuple[float, float]:

@@ -8,10 +8,10 @@ features per slide (``--dtype float16`` halves it). This script
   1. writes such a store with h5py in row chunks to a temporary folder (tissue: a seeded smooth blob
      covering ~40 % of the grid; features: Gaussian noise plus, in a few hundred small hotspots, a
      component along one of the k = 20 prototypes, so the map has structure for the selectors);
-  2. times the similarity map streamed from the file (:func:`alkit.maps.similarity_map_from_file`,
+  2. times the similarity map streamed from the file (:func:`alkit.prototypes.maps.similarity_map_from_file`,
      chunk rows at a time) and, for contrast, the in-memory path (``EmbeddingStore.load`` +
-     :func:`alkit.maps.similarity_map`, --no-inmemory skips it);
-  3. times :func:`alkit.regions.select_standard` and :func:`alkit.regions.select_adaptive` on that map
+     :func:`alkit.prototypes.maps.similarity_map`, --no-inmemory skips it);
+  3. times :func:`alkit.selection.regions.select_standard` and :func:`alkit.selection.regions.select_adaptive` on that map
      with size = 8192 / 64 = 128 cells, n = 5.
 
 Every stage runs in its own child process. Memory: ``tracemalloc`` peak of Python/numpy allocations
@@ -85,7 +85,7 @@ def write_store_file(path: Path, side: int, dim: int, dtype: str, tissue_share: 
                      seed: int = 0, write_chunk: int = 65_536) -> int:
     """Write a synthetic dense store (``side × side`` grid) in row chunks; returns the embedded cells."""
     from alkit import __version__
-    from alkit.store import FORMAT_VERSION
+    from alkit.embeddings.store import FORMAT_VERSION
 
     rng = np.random.default_rng(seed)
     field = gaussian_filter(rng.standard_normal((side, side), dtype=np.float32), side / 12)
@@ -130,9 +130,9 @@ def _timed(fn, label: str) -> tuple[object, dict]:
 
 def run_stage(stage: str, store: Path, chunk: int, map_path: Path) -> dict:
     """One measured stage, in this (child) process."""
-    from alkit.maps import similarity_map, similarity_map_from_file
-    from alkit.regions import select_adaptive, select_standard
-    from alkit.store import EmbeddingStore
+    from alkit.prototypes.maps import similarity_map, similarity_map_from_file
+    from alkit.selection.regions import select_adaptive, select_standard
+    from alkit.embeddings.store import EmbeddingStore
 
     protos = prototypes(int(h5py.File(store, "r")["features"].shape[1]))
     size = REGION_PX // PATCH_PX

@@ -1,6 +1,6 @@
-"""Cell labels from tumour polygons: exact coverage (alkit.coverage) against plain supersampled rasterisation.
+"""Cell labels from tumour polygons: exact coverage (alkit.wsi.coverage) against plain supersampled rasterisation.
 
-For each geometry and grid it prints the time of :func:`alkit.coverage.geometry_cell_fractions` and the
+For each geometry and grid it prints the time of :func:`alkit.wsi.coverage.geometry_cell_fractions` and the
 relative error of the whole-slide tumour area it implies (sum of cell fractions × cell area against
 shapely's area), next to the same figures for rasterising with PIL at ``k × k`` samples per cell.
 
@@ -25,8 +25,8 @@ from scipy import ndimage
 from shapely.geometry import Polygon
 from skimage.measure import find_contours
 
-from alkit.coverage import geometry_cell_fractions
-from alkit.grid import PatchGrid
+from alkit.wsi.coverage import geometry_cell_fractions
+from alkit.wsi.grid import PatchGrid
 
 
 def supersampled(geom: shapely.Geometry, grid: PatchGrid, k: int) -> np.ndarray:

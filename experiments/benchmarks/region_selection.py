@@ -5,7 +5,7 @@
       (best and median of --repeats runs after a warm-up) and peak memory (tracemalloc, one run
       apart from the timed ones). For scale: scipy's uniform_filter (a box filter alone).
   (b) k-means of 200k × 512 float32 embeddings (a seeded mixture of 2000 modes on the unit sphere)
-      with k = 1000, 20 iterations, through alkit.clustering.kmeans: wall time (training on the
+      with k = 1000, 20 iterations, through alkit.selection.clustering.kmeans: wall time (training on the
       default subsample, then assigning every row) and the objective (mean squared distance of all
       rows to their centroid), and the same for the scikit-learn fallback on the same subsample
       (--no-sklearn skips it). --kmeans-full also trains faiss on all rows: the subsampling trade-off.
@@ -27,8 +27,8 @@ from collections.abc import Callable
 import numpy as np
 from scipy.ndimage import gaussian_filter, uniform_filter
 
-from alkit.clustering import faiss_available, kmeans
-from alkit.regions import select_adaptive, select_standard
+from alkit.selection.clustering import faiss_available, kmeans
+from alkit.selection.regions import select_adaptive, select_standard
 
 TARGETS_MS = {"standard": 50.0, "adaptive": 100.0}
 KMEANS_TARGET_S = 30.0

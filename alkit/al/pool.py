@@ -1,0 +1,155 @@
+"""The labeled pool: every region an annotator has labeled, saved after every change.
+
+Annotation is the expensive resource, so the pool is a JSON file rewritten atomically (temporary file
++ rename) after each change: whatever happens to the process, the file on disk holds every region
+labeled so far and nothing half-written. Loading it resumes where the last run stopped.
+
+Patch labels derive from the regions: a grid cell counts as labeled when its centre lies inside a
+labeled region of its slide (each cell belongs to at most one region, since regions never overlap),
+and as tumour when at least ``tumour_threshold`` (default 0.5) of its area is tumour in the
+annotator's (or oracle's) ground truth.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from alkit.jsonfile import read_json
+from alkit.atomic import atomic_write_text
+from alkit.errors import AlkitError
+from alkit.wsi.grid import PatchGrid
+from alkit.selection.strategy import Box, RegionPick
+
+log = logging.getLogger(__name__)
+
+FORMAT = "alkit-pool"
+FORMAT_VERSION = 1
+
+
+class PoolError(AlkitError, ValueError):
+    """A pool file that cannot be read, or a change that would break the pool's invariants."""
+
+
+@dataclass(frozen=True)
+class LabeledRegion:
+    """One labeled region with what the annotator found in it."""
+
+    slide: str
+    box: Box  # level-0 (x, y, w, h)
+    cycle: int
+    strategy: str
+    cls: str | None = None
+    score: float | None = None
+    tissue_mm2: float = 0.0
+    tumour_mm2: float = 0.0
+    mitoses: int | None = None
+    hard_negatives: int | None = None
+
+
+@dataclass
+class LabeledPool:
+    """Labeled regions per slide, with the metrics of finished cycles; saved to ``path`` on every change."""
+
+    path: Path | None = None
+    regions: list[LabeledRegion] = field(default_factory=list)
+    cycle_metrics: dict[int, dict] = field(default_factory=dict)  # cycle -> metrics of its evaluation
+
+    # -- persistence ---------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> LabeledPool:
+        """Load the pool at ``path``, or start an empty one there."""
+        path = Path(path)
+        if not path.exists():
+            return cls(path)
+        doc = read_json(path, PoolError, "pool file")
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise PoolError(f"{path}: not an alkit pool file")
+        regions = [LabeledRegion(**{**r, "box": tuple(r["box"])}) for r in doc.get("regions", [])]
+        metrics = {int(k): v for k, v in doc.get("cycle_metrics", {}).items()}
+        return cls(path, regions, metrics)
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        doc = {"format": FORMAT, "format_version": FORMAT_VERSION,
+               "regions": [asdict(r) | {"box": list(r.box)} for r in self.regions],
+               "cycle_metrics": {str(k): v for k, v in sorted(self.cycle_metrics.items())}}
+        atomic_write_text(self.path, json.dumps(doc, indent=1) + "\n")
+
+    # -- changes -------------------------------------------------------------------------------
+    def add(self, picks: Iterable[RegionPick], cycle: int, reports: Iterable[Mapping] | None = None) -> None:
+        """Add labeled regions of ``cycle`` (with the annotator's report of each) and save."""
+        picks = list(picks)
+        reports = list(reports) if reports is not None else [{} for _ in picks]
+        if len(reports) != len(picks):
+            raise PoolError(f"{len(picks)} regions but {len(reports)} reports")
+        from alkit.selection.regions import boxes_overlap
+
+        new = []
+        for p, rep in zip(picks, reports):
+            clash = [r for r in self.regions + new if r.slide == p.slide and boxes_overlap(r.box, p.box)]
+            if clash:
+                raise PoolError(f"{p.slide}: region {p.box} overlaps labeled region {clash[0].box} "
+                                f"(cycle {clash[0].cycle})")
+            new.append(LabeledRegion(p.slide, tuple(int(v) for v in p.box), int(cycle), p.strategy, p.cls,
+                                     None if p.score is None or np.isnan(p.score) else float(p.score),
+                                     float(rep.get("tissue_mm2", 0.0)), float(rep.get("tumour_mm2", 0.0)),
+                                     rep.get("mitoses"), rep.get("hard_negatives")))
+        self.regions.extend(new)
+        self.save()
+
+    def record_metrics(self, cycle: int, metrics: Mapping) -> None:
+        """Remember the evaluation of a finished cycle (and save)."""
+        self.cycle_metrics[int(cycle)] = dict(metrics)
+        self.save()
+
+    # -- queries -------------------------------------------------------------------------------
+    @property
+    def last_cycle(self) -> int:
+        """Highest cycle with labeled regions; -1 for an empty pool."""
+        return max((r.cycle for r in self.regions), default=-1)
+
+    def labeled(self) -> dict[str, list[Box]]:
+        """Slide id -> labeled level-0 boxes (what strategies must not overlap)."""
+        out: dict[str, list[Box]] = {}
+        for r in self.regions:
+            out.setdefault(r.slide, []).append(r.box)
+        return out
+
+    def for_slide(self, slide: str) -> list[LabeledRegion]:
+        return [r for r in self.regions if r.slide == slide]
+
+    def budget_used(self, total_tissue_mm2: float | None = None, total_tumour_mm2: float | None = None) -> dict:
+        """Regions, annotated tissue / tumour area (mm²) and, given totals, their percentages."""
+        tissue = sum(r.tissue_mm2 for r in self.regions)
+        tumour = sum(r.tumour_mm2 for r in self.regions)
+        used = {"regions": len(self.regions), "tissue_mm2": tissue, "tumour_mm2": tumour}
+        if total_tissue_mm2:
+            used["tissue_pct"] = 100.0 * tissue / total_tissue_mm2
+        if total_tumour_mm2:
+            used["tumour_pct"] = 100.0 * tumour / total_tumour_mm2
+        return used
+
+    def cell_region_ids(self, slide: str, grid: PatchGrid, max_cycle: int | None = None) -> np.ndarray:
+        """``(rows, cols)`` int32: index (into :attr:`regions`) of the labeled region holding each cell's
+        centre, -1 for unlabeled cells; only regions of cycles ≤ ``max_cycle`` when given."""
+        rows, cols = grid.shape
+        out = np.full((rows, cols), -1, np.int32)
+        centres_x = np.arange(cols) * grid.stride0 + grid.size0 / 2
+        centres_y = np.arange(rows) * grid.stride0 + grid.size0 / 2
+        for i, r in enumerate(self.regions):
+            if r.slide != slide or (max_cycle is not None and r.cycle > max_cycle):
+                continue
+            x, y, w, h = r.box
+            cs = np.flatnonzero((centres_x >= x) & (centres_x < x + w))
+            rs = np.flatnonzero((centres_y >= y) & (centres_y < y + h))
+            if len(cs) and len(rs):
+                out[rs[0]:rs[-1] + 1, cs[0]:cs[-1] + 1] = i
+        return out

@@ -1,0 +1,218 @@
+"""Per-slide embedding stores: one HDF5 file per (slide, encoder, mpp, patch size, stride).
+
+A store holds the grid cells that were embedded (``coords``: row, col), their ``features``
+(n, C) and attributes that say exactly how they were made (encoder spec and weights id, mpp, patch,
+stride, the slide's geometry, the tissue threshold, the alkit version). Files are written to a
+temporary name and renamed, so a store on disk is always complete: an interrupted run leaves no
+half-written store, and the next run recomputes only what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from alkit import __version__
+from alkit.atomic import atomic_path
+from alkit.errors import AlkitError
+from alkit.wsi.grid import PatchGrid
+
+FORMAT_VERSION = 2  # 2: tissue fraction of every cell
+#: attributes that must match for a store to be reused
+KEY_ATTRS = ("encoder", "weights_id", "mpp", "patch", "stride", "min_tissue", "slide_dimensions", "slide_mpp")
+
+
+class StoreError(AlkitError, ValueError):
+    """A store file is missing, unreadable or not an alkit embedding store; names the file."""
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "x"
+
+
+def store_path(out_dir: str | os.PathLike, slide_id: str, encoder: str, mpp: float, patch: int,
+               stride: int) -> Path:
+    """Where the store of one (slide, encoder, mpp, patch, stride) lives under ``out_dir``."""
+    name = f"{_slug(slide_id)}__{_slug(encoder)}__{mpp:g}mpp_{patch}px_s{stride}.h5"
+    return Path(out_dir) / name
+
+
+class _SlideGridMixin:
+    """Slide id and patch grid of a store, from its attributes (shared by full stores and headers)."""
+
+    path: Path
+    coords: np.ndarray
+    attrs: dict
+    tissue_fraction: np.ndarray | None
+
+    def embedded_mask(self) -> np.ndarray:
+        """``(rows, cols)`` bool: the grid cells that have an embedding (the slide's tissue cells)."""
+        mask = np.zeros(self.grid.shape, bool)
+        mask[self.coords[:, 0], self.coords[:, 1]] = True
+        return mask
+
+    @property
+    def slide_id(self) -> str:
+        return str(self.attrs.get("slide", self.path.name.split("__")[0]))
+
+    @property
+    def grid(self) -> PatchGrid:
+        """The patch grid the coords index (with every cell's tissue fraction when stored)."""
+        a = self.attrs
+        return PatchGrid(tuple(a["slide_dimensions"]), a["slide_mpp"], a["mpp"], a["patch"], a["stride"],
+                         self.tissue_fraction)
+
+
+@dataclass(frozen=True)
+class EmbeddingStore(_SlideGridMixin):
+    """Embeddings of one slide's tissue cells, loaded in memory."""
+
+    path: Path
+    coords: np.ndarray  # (n, 2) int32 row, col
+    features: np.ndarray  # (n, C)
+    attrs: dict
+    tissue_fraction: np.ndarray | None = None  # (rows, cols) tissue share of every grid cell
+
+    @property
+    def dim(self) -> int:
+        return int(self.features.shape[1])
+
+    def as_map(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, cols, C)`` feature map (zeros where not embedded) and its ``(rows, cols)`` validity mask."""
+        fmap = np.zeros((*self.grid.shape, self.dim), self.features.dtype)
+        fmap[self.coords[:, 0], self.coords[:, 1]] = self.features
+        return fmap, self.embedded_mask()
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> EmbeddingStore:
+        """The whole store in memory (:class:`StoreHeader` keeps the features on disk)."""
+        path = Path(path)
+        with _open_store(path) as f:  # one open for header and features
+            header = StoreHeader.from_file(path, f)
+            features = f["features"][()]
+        return cls(path, header.coords, features, header.attrs, header.tissue_fraction)
+
+
+@dataclass(frozen=True)
+class StoreHeader(_SlideGridMixin):
+    """A store without its features: coords, attributes and tissue fractions in memory, features on disk.
+
+    For dense grids (64-px patches: ~1M cells × C per slide) loading every feature is what a
+    :class:`EmbeddingStore` does and what this avoids; :meth:`feature_chunks` streams the ``features``
+    rows instead, so memory stays at one chunk.
+    """
+
+    path: Path
+    coords: np.ndarray  # (n, 2) int32 row, col
+    attrs: dict
+    n: int
+    dim: int
+    dtype: np.dtype
+    tissue_fraction: np.ndarray | None = None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> StoreHeader:
+        """Read everything but the features; :class:`StoreError` if ``path`` is not a readable store."""
+        path = Path(path)
+        with _open_store(path) as f:
+            return cls.from_file(path, f)
+
+    @classmethod
+    def from_file(cls, path: Path, f: h5py.File) -> StoreHeader:
+        """The header of the store open as ``f`` (checked: datasets present, shapes consistent)."""
+        if "features" not in f or "coords" not in f:
+            raise StoreError(f"{path}: no 'features' / 'coords' datasets")
+        feats = f["features"]
+        if feats.ndim != 2:
+            raise StoreError(f"{path}: features must be (n, C), got shape {feats.shape}")
+        tissue = f["tissue_fraction"][()].astype(np.float32) if "tissue_fraction" in f else None
+        coords = f["coords"][()]
+        if len(coords) != feats.shape[0]:
+            raise StoreError(f"{path}: {len(coords)} coords but {feats.shape[0]} feature rows")
+        return cls(path, coords, json.loads(f.attrs["alkit"]), int(feats.shape[0]), int(feats.shape[1]),
+                   feats.dtype, tissue)
+
+    def feature_chunks(self, chunk: int) -> Iterator[tuple[int, np.ndarray]]:
+        """``(start, rows)`` for consecutive blocks of at most ``chunk`` feature rows, read from disk.
+
+        One buffer of ``chunk × C`` in the stored dtype is reused: each yielded block is a view into
+        it, valid until the next step (copy it to keep it).
+        """
+        chunk = max(1, int(chunk))
+        with h5py.File(self.path, "r") as f:
+            dset = f["features"]
+            buf = np.empty((min(chunk, max(self.n, 1)), self.dim), dset.dtype)
+            for start in range(0, self.n, chunk):
+                stop = min(start + chunk, self.n)
+                dset.read_direct(buf, np.s_[start:stop], np.s_[0:stop - start])
+                yield start, buf[:stop - start]
+
+
+@contextmanager
+def _open_store(path: Path) -> Iterator[h5py.File]:
+    """The store file open for reading; :class:`StoreError` if it is missing, unreadable or not ours."""
+    if not path.is_file():
+        raise StoreError(f"{path}: no such store file")
+    try:
+        with h5py.File(path, "r") as f:
+            if "alkit" not in f.attrs:
+                raise StoreError(f"{path}: not an alkit embedding store (no 'alkit' attribute)")
+            yield f
+    except OSError as exc:
+        raise StoreError(f"{path}: unreadable HDF5 file: {exc}") from None
+
+
+def read_attrs(path: str | os.PathLike) -> dict:
+    """A store's attributes; :class:`StoreError` if it is not a readable alkit store."""
+    with _open_store(Path(path)) as f:
+        return json.loads(f.attrs["alkit"])
+
+
+def is_cached(path: str | os.PathLike, attrs: dict) -> bool:
+    """Whether ``path`` holds a complete store made with the same key attributes as ``attrs``."""
+    try:
+        found = read_attrs(path)
+    except StoreError:
+        return False
+    if found.get("format_version") != FORMAT_VERSION:
+        return False
+    return all(_same(found.get(k), attrs.get(k)) for k in KEY_ATTRS)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        return a is not None and b is not None and abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(b)))
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def write_store(path: str | os.PathLike, coords: np.ndarray, features: np.ndarray, attrs: dict,
+                tissue_fraction: np.ndarray | None = None) -> Path:
+    """Write a store atomically (temporary file in the same folder, then rename).
+
+    ``tissue_fraction`` (rows, cols) keeps every cell's tissue share, so region strategies can work
+    from stores alone without reopening slides.
+    """
+    path = Path(path)
+    coords = np.asarray(coords, np.int32).reshape(-1, 2)
+    features = np.asarray(features)
+    if len(coords) != len(features):
+        raise ValueError(f"{path}: {len(coords)} coords but {len(features)} feature rows")
+    full = {**attrs, "n": int(len(coords)), "dim": int(features.shape[1]) if features.ndim == 2 else 0,
+            "alkit_version": __version__, "format_version": FORMAT_VERSION}
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["alkit"] = json.dumps(full)
+        f.create_dataset("coords", data=coords)
+        f.create_dataset("features", data=features)
+        if tissue_fraction is not None:
+            f.create_dataset("tissue_fraction", data=np.asarray(tissue_fraction, np.float16), compression="gzip")
+    return path

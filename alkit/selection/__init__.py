@@ -1,0 +1,1 @@
+"""Region selection: the strategy contract, the standard and adaptive selectors, clustering, and region export."""

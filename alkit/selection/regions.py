@@ -1,0 +1,414 @@
+"""Region selection on score maps: which size × size boxes of a slide a pathologist should annotate.
+
+A score map is a 2-D array indexed by patch-grid cells (row = y, column = x): similarity to class
+prototypes, model uncertainty, anything where higher means "more worth annotating". Everything here
+works in map cells; converting to level-0 pixels is the grid's job (:mod:`alkit.wsi.grid`).
+
+Conventions, shared by every function of this module:
+
+* A box is ``(x, y, w, h)`` in map cells, ``x`` = column, half-open: it covers rows ``y .. y+h-1``
+  and columns ``x .. x+w-1``. Two boxes overlap when they share at least one cell; boxes that only
+  touch (``a.x + a.w == b.x``) do not overlap. A box with ``w <= 0`` or ``h <= 0`` is empty and
+  overlaps nothing.
+* ``labeled`` boxes (regions annotated earlier, of any size) may lie partly or wholly outside the
+  map; fractional ones block every cell they touch. Selected boxes never overlap them nor each other,
+  and always lie fully inside the map.
+* NaN cells count as 0 (no tissue, no embedding). Infinite values are rejected (``ValueError``).
+* Ties are broken by position: the smallest ``y`` first, then the smallest ``x`` (row-major order).
+* ``n = 0``, an empty map, or a map without a positive cell give ``[]``; fewer than ``n`` boxes come
+  back when no eligible box is left (callers report the shortfall).
+
+Standard selection (:func:`select_standard`) slides a ``size × size`` window at stride 1, scores it
+by the sum of the map inside it and greedily takes the best window that overlaps nothing taken or
+labeled (non-maximum suppression), while that sum is positive. A window with a zero or negative sum
+is never taken, so negative values (say, a score centred on zero) push windows away. On a map
+smaller than ``size`` along an axis, the window is clipped to the map along that axis (a
+30 × 2000 map with ``size = 64`` gets 30 × 64 windows).
+
+Window sums are exact, not merely close: the map is first rounded to a fixed-point grid, a power of
+two fine enough that every partial sum stays below 2**53 (for a 2000 × 2000 map of values in
+[0, 1] with ``size = 64``, the step is 2**-38, far below float32 resolution), and then every sum is
+an exact integer computation in float64. So equal windows tie exactly (a flat map is tiled in
+row-major order, not in an order set by rounding noise), a window of zeros scores exactly 0 however
+far it lies from the origin, and any brute-force sum of the same integers agrees. Values smaller
+than the step (below ``max|map| * 2**-39`` in the example) count as 0.
+
+Adaptive selection (:func:`select_adaptive`) lets the map shape the box: from the peak cell (the
+highest cell not inside a taken or labeled box, positive), it looks for a threshold ``t`` such that
+the 4-connected component of cells ``>= t`` that contains the peak has a bounding box with both
+sides in ``[size/2, 3·size/2]`` (the lower bound is clipped to the map's side). Components never
+enter taken or labeled cells, and a bounding box that would overlap one counts as too big. Only the
+``(2L+1)²`` neighbourhood of the peak, ``L = floor(3·size/2)``, can hold an acceptable box, so each
+step works on that crop. The thresholds tried are the distinct positive values of the crop and the
+search bisects over them (the component grows monotonically as ``t`` falls), so it is exact and
+ends after at most ``1 + ceil(log2(#values))`` labelings. When no threshold works (a plateau too
+big already at the peak value, such as a flat map; a blob too small even at the lowest positive
+threshold; a ridge that jumps from too thin to too long), the fallback is the ``size × size``
+window (clipped to the map) that contains the peak, overlaps nothing, and is the most nearly
+centred on it; when no such window exists (the peak sits in a narrow gap), the box grown greedily
+from the peak cell (up, down, left, right in turn) up to ``size × size`` without overlapping. Each
+box contains its peak, so picks never repeat and the loop always progresses.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
+
+import numpy as np
+import scipy.ndimage as ndi
+
+log = logging.getLogger(__name__)
+
+BoxLike = Sequence[float]
+
+
+class Region(NamedTuple):
+    """A box ``(x, y, w, h)`` in map cells, half-open, x = column (a plain tuple with names)."""
+
+    x: int
+    y: int
+    w: int
+    h: int
+
+
+# --------------------------------------------------------------------------------------------- boxes
+
+def boxes_overlap(a: BoxLike, b: BoxLike) -> bool:
+    """Whether two half-open boxes ``(x, y, w, h)`` share a cell (touching is not overlapping)."""
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    return (aw > 0 and ah > 0 and bw > 0 and bh > 0
+            and ax < bx + bw and bx < ax + aw and ay < by + bh and by < ay + ah)
+
+
+def overlap_mask(box: BoxLike, boxes: Iterable[BoxLike] | np.ndarray) -> np.ndarray:
+    """Which of ``boxes`` (k × 4) overlap ``box``: a boolean array of length k (vectorised)."""
+    arr = _box_array(boxes)
+    x, y, w, h = box
+    if not (w > 0 and h > 0):
+        return np.zeros(len(arr), bool)
+    bx, by, bw, bh = arr.T
+    return ((bw > 0) & (bh > 0) & (bx < x + w) & (x < bx + bw) & (by < y + h) & (y < by + bh))
+
+
+def box_sums(score_map: np.ndarray, boxes: Iterable[BoxLike] | np.ndarray) -> np.ndarray:
+    """The sum of the map (NaN as 0) inside each box, clipped to the map: a region's score.
+
+    Boxes partly outside count only their cells inside; boxes wholly outside or empty sum to 0;
+    fractional boxes count every cell they touch. While the boxes cover fewer cells than the map,
+    each is summed directly (float64, pairwise: a box of zeros sums to exactly 0); beyond that,
+    through one float64 integral image (error of order 1e-16 × the sum of |map|).
+    """
+    m = _clean_map(score_map)
+    arr = _cover_cells(_box_array(boxes), drop_empty=False)
+    height, width = m.shape
+    x0 = np.clip(arr[:, 0], 0, width)
+    y0 = np.clip(arr[:, 1], 0, height)
+    x1 = np.clip(arr[:, 0] + arr[:, 2], 0, width)
+    y1 = np.clip(arr[:, 1] + arr[:, 3], 0, height)
+    x1, y1 = np.maximum(x1, x0), np.maximum(y1, y0)
+    area = int(((x1 - x0) * (y1 - y0)).sum())
+    if area <= m.size:
+        return np.array([m[b:d, a:c].sum(dtype=np.float64) for a, b, c, d in zip(x0, y0, x1, y1)],
+                        dtype=np.float64)
+    table = np.zeros((height + 1, width + 1))
+    np.cumsum(m, axis=1, dtype=np.float64, out=table[1:, 1:])
+    _cumsum_rows_inplace(table[1:, 1:])
+    return table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
+
+
+# ---------------------------------------------------------------------------------------- selectors
+
+def select_standard(score_map: np.ndarray, size: int, n: int,
+                    labeled: Iterable[BoxLike] = ()) -> list[Region]:
+    """Greedy non-maximum suppression over all ``size × size`` windows scored by their sum.
+
+    Repeatedly takes the window with the highest sum (ties: smallest y, then x) that overlaps no
+    taken and no labeled box, until ``n`` are taken or no window with a positive sum is left.
+    """
+    size, n = _check_size_n(size, n)
+    m = _clean_map(score_map)
+    height, width = m.shape
+    if n == 0 or m.size == 0:
+        return []
+    wh, ww = min(size, height), min(size, width)
+    scores = _window_sums(m, wh, ww)
+    if scores is None:
+        return []
+    oh, ow = scores.shape  # window origins: y in [0, oh), x in [0, ow)
+    blocked = _cover_cells(_box_array(labeled))
+    for bx, by, bw, bh in blocked:
+        _suppress(scores, bx, by, bw, bh, wh, ww)
+    rowmax = scores.max(axis=1)
+    picks: list[Region] = []
+    while len(picks) < n:
+        oy = int(np.argmax(rowmax))
+        if not rowmax[oy] > 0:
+            break
+        ox = int(np.argmax(scores[oy]))
+        pick = Region(ox, oy, ww, wh)
+        picks.append(pick)
+        y0, y1 = _suppress(scores, ox, oy, ww, wh, wh, ww)
+        rowmax[y0:y1] = scores[y0:y1].max(axis=1)
+    _verify(picks, blocked, m.shape)
+    log.debug("standard selection: %d of %d boxes of %dx%d on a %dx%d map",
+              len(picks), n, ww, wh, width, height)
+    return picks
+
+
+def select_adaptive(score_map: np.ndarray, size: int, n: int,
+                    labeled: Iterable[BoxLike] = ()) -> list[Region]:
+    """Boxes shaped by the map: the bounding box of the thresholded blob around each peak.
+
+    See the module docstring for the threshold bisection, the accepted side range
+    ``[size/2, 3·size/2]`` and the fallback. Peaks are taken in decreasing order of score (ties:
+    smallest y, then x) among cells outside taken and labeled boxes, while positive.
+    """
+    size, n = _check_size_n(size, n)
+    m = _clean_map(score_map)
+    height, width = m.shape
+    if n == 0 or m.size == 0:
+        return []
+    work = np.array(m, copy=True)  # taken and labeled cells become -inf
+    blocked = _cover_cells(_box_array(labeled))
+    for bx, by, bw, bh in blocked:
+        work[max(by, 0):max(by + bh, 0), max(bx, 0):max(bx + bw, 0)] = -np.inf
+    rowmax = work.max(axis=1)
+    reach = (3 * size) // 2  # the longest side accepted
+    wh, ww = min(size, height), min(size, width)
+    shortest = (min((size + 1) // 2, height), min((size + 1) // 2, width))
+    picks: list[Region] = []
+    while len(picks) < n:
+        py = int(np.argmax(rowmax))
+        if not rowmax[py] > 0:
+            break
+        px = int(np.argmax(work[py]))
+        cy0, cx0 = max(py - reach, 0), max(px - reach, 0)
+        crop = work[cy0:min(py + reach + 1, height), cx0:min(px + reach + 1, width)]
+        bx, by, bw, bh = _adaptive_box(crop, py - cy0, px - cx0, reach, shortest, wh, ww)
+        pick = Region(bx + cx0, by + cy0, bw, bh)
+        if np.isneginf(work[pick.y:pick.y + pick.h, pick.x:pick.x + pick.w]).any():
+            raise AssertionError(f"adaptive box {pick} overlaps a taken or labeled box")  # a bug
+        picks.append(pick)
+        work[pick.y:pick.y + pick.h, pick.x:pick.x + pick.w] = -np.inf
+        rowmax[pick.y:pick.y + pick.h] = work[pick.y:pick.y + pick.h].max(axis=1)
+    _verify(picks, blocked, m.shape)
+    log.debug("adaptive selection: %d of %d boxes (size %d) on a %dx%d map", len(picks), n, size,
+              width, height)
+    return picks
+
+
+# ---------------------------------------------------------------------------------------- internals
+
+def _check_size_n(size: int, n: int) -> tuple[int, int]:
+    if isinstance(size, bool) or int(size) != size or size < 1:
+        raise ValueError(f"size must be a positive integer (cells), got {size!r}")
+    if isinstance(n, bool) or int(n) != n or n < 0:
+        raise ValueError(f"n must be a non-negative integer, got {n!r}")
+    return int(size), int(n)
+
+
+def _clean_map(score_map: np.ndarray) -> np.ndarray:
+    """The map as a float32/float64 2-D array with NaN as 0 (a copy only when NaN must go)."""
+    m = np.asarray(score_map)
+    if m.ndim != 2:
+        raise ValueError(f"a score map must be 2-D, got shape {m.shape}")
+    if m.dtype.kind in "biu":
+        m = m.astype(np.float64)
+    elif m.dtype.kind != "f":
+        raise ValueError(f"a score map must be real-valued, got dtype {m.dtype}")
+    elif m.dtype.itemsize < 4:
+        m = m.astype(np.float32)
+    elif m.dtype.itemsize > 8:
+        m = m.astype(np.float64)
+    if m.size == 0:
+        return m
+    lo, hi = m.min(), m.max()
+    if np.isnan(lo) or np.isnan(hi):
+        m = np.where(np.isnan(m), m.dtype.type(0), m)
+        lo, hi = m.min(), m.max()
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ValueError("a score map must not hold infinite values")
+    return m
+
+
+def _box_array(boxes: Iterable[BoxLike] | np.ndarray) -> np.ndarray:
+    """Boxes as a (k, 4) float64 array, validated (w, h >= 0, finite)."""
+    arr = np.asarray(boxes if isinstance(boxes, np.ndarray) else list(boxes), dtype=np.float64)
+    if arr.size == 0:
+        return np.zeros((0, 4))
+    if arr.ndim == 1:
+        arr = arr[None]
+    if arr.ndim != 2 or arr.shape[1] != 4:
+        raise ValueError(f"boxes must be (x, y, w, h) quadruples, got an array of shape {arr.shape}")
+    if not np.isfinite(arr).all() or (arr[:, 2:] < 0).any():
+        raise ValueError("boxes must be finite with w, h >= 0")
+    return arr
+
+
+def _cover_cells(arr: np.ndarray, drop_empty: bool = True) -> np.ndarray:
+    """Integer boxes covering every cell the (possibly fractional) boxes touch (empty stay empty)."""
+    empty = (arr[:, 2] <= 0) | (arr[:, 3] <= 0)
+    x0, y0 = np.floor(arr[:, 0]), np.floor(arr[:, 1])
+    x1, y1 = np.ceil(arr[:, 0] + arr[:, 2]), np.ceil(arr[:, 1] + arr[:, 3])
+    out = np.stack([x0, y0, np.where(empty, 0, x1 - x0), np.where(empty, 0, y1 - y0)], axis=1)
+    return out[~empty].astype(np.int64) if drop_empty else out.astype(np.int64)
+
+
+def _cumsum_rows_inplace(a: np.ndarray) -> None:
+    """Cumulative sum down the rows, in place (numpy's axis-0 cumsum is ~5x slower than this loop)."""
+    for i in range(1, a.shape[0]):
+        np.add(a[i - 1], a[i], out=a[i])
+
+
+def _window_sums(m: np.ndarray, wh: int, ww: int, band: int = 32) -> np.ndarray | None:
+    """Exact sums of all wh × ww windows, indexed by origin (y, x); None when the map is all 0.
+
+    The map is rounded to multiples of 2**-e, e chosen so that every partial sum below (a row
+    prefix of at most W cells; a window sum plus two row sums, at most (wh+2)·ww cells) stays under
+    2**52 steps: float64 then adds these integers exactly. The values returned are in steps (scaled
+    by 2**e), which keeps order and sign, all that selection needs.
+
+    Rows are processed in bands of ``band`` rows whose intermediates stay in cache: each band is
+    scaled, rounded and turned into row window sums (a cumsum along the row), and the running
+    column sums advance as far as the rows done so far allow. The output buffer is the only large
+    allocation: the row sums of map row r go to its row r + 1, and the window sums of origin row i
+    then overwrite row i, computed from row i - 1 (the previous window), row i (map row i - 1,
+    leaving) and row i + wh (map row i + wh - 1, entering).
+    """
+    height, width = m.shape
+    amax = float(max(-m.min(), m.max()))
+    if amax == 0.0:
+        return None
+    cells = max(width, (wh + 2) * ww)
+    exponent = 52 - math.frexp(amax)[1] - cells.bit_length()  # amax·2**e·cells < 2**52
+    oh, ow = height - wh + 1, width - ww + 1
+    out = np.empty((height + 1, ow))
+    scaled = np.empty((min(band, height), width))
+    prefix = np.zeros((min(band, height), width + 1))
+    done = 0  # origin rows whose window sums are final
+    for a in range(0, height, band):
+        b = min(a + band, height)
+        s, p = scaled[:b - a], prefix[:b - a]
+        if -1000 <= exponent <= 1000:  # multiplying by an exact power of two is exact, and faster
+            np.multiply(m[a:b], math.ldexp(1.0, exponent), out=s, dtype=np.float64)
+        else:
+            np.ldexp(m[a:b], exponent, out=s, dtype=np.float64)
+        np.rint(s, out=s)
+        np.cumsum(s, axis=1, out=p[:, 1:])
+        np.subtract(p[:, ww:], p[:, :ow], out=out[a + 1:b + 1])  # row sums of rows a .. b-1
+        if done == 0 and b >= wh:
+            np.sum(out[1:wh + 1], axis=0, out=out[0])
+            done = 1
+        while 0 < done < oh and done + wh <= b:  # origin row i needs the row sums of rows < i + wh
+            i = done
+            np.subtract(out[i + wh], out[i], out=out[i])  # row i+wh-1 enters, row i-1 leaves
+            np.add(out[i], out[i - 1], out=out[i])
+            done += 1
+    return out[:oh]
+
+
+def _suppress(scores: np.ndarray, bx: int, by: int, bw: int, bh: int, wh: int,
+              ww: int) -> tuple[int, int]:
+    """Mark every window origin whose wh × ww window overlaps box (bx, by, bw, bh); rows touched."""
+    oh, ow = scores.shape
+    y0, y1 = max(by - wh + 1, 0), min(by + bh, oh)
+    x0, x1 = max(bx - ww + 1, 0), min(bx + bw, ow)
+    if y0 < y1 and x0 < x1:
+        scores[y0:y1, x0:x1] = -np.inf
+        return y0, y1
+    return 0, 0
+
+
+def _component_box(crop: np.ndarray, cy: int, cx: int, threshold: float) -> tuple[int, int, int, int]:
+    """Bounding box (x, y, w, h) of the 4-connected component of ``crop >= threshold`` holding (cy, cx)."""
+    labels, _ = ndi.label(crop >= threshold)
+    component = labels == labels[cy, cx]
+    rows = np.flatnonzero(component.any(axis=1))
+    cols = np.flatnonzero(component.any(axis=0))
+    return int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)
+
+
+_SMALL, _OK, _BIG = 0, 1, 2
+
+
+def _adaptive_box(crop: np.ndarray, cy: int, cx: int, reach: int, shortest: tuple[int, int],
+                  wh: int, ww: int) -> tuple[int, int, int, int]:
+    """The adaptive box around the peak (cy, cx) of ``crop`` (blocked cells are -inf), crop coords."""
+    blocked = np.isneginf(crop)
+
+    def state(box: tuple[int, int, int, int]) -> int:
+        x, y, w, h = box
+        if w > reach or h > reach or blocked[y:y + h, x:x + w].any():
+            return _BIG  # grows monotonically as the threshold falls, like the sides
+        if h < shortest[0] or w < shortest[1]:
+            return _SMALL
+        return _OK
+
+    thresholds = np.unique(crop[crop > 0])  # ascending; the last is the peak value
+    small = len(thresholds) - 1  # index known to give a small box (checked next)
+    box = _component_box(crop, cy, cx, thresholds[small])
+    verdict = state(box)
+    if verdict == _OK:
+        return box
+    if verdict == _SMALL:
+        big = -1  # lower indices (thresholds) give larger components; -1: not known yet
+        while small - big > 1:
+            mid = (small + big) // 2
+            box = _component_box(crop, cy, cx, thresholds[mid])
+            verdict = state(box)
+            if verdict == _OK:
+                return box
+            if verdict == _SMALL:
+                small = mid
+            else:
+                big = mid
+    return _fallback_box(blocked, cy, cx, wh, ww)
+
+
+def _fallback_box(blocked: np.ndarray, cy: int, cx: int, wh: int, ww: int) -> tuple[int, int, int, int]:
+    """The most centred free wh × ww window holding (cy, cx); else a box grown from that cell."""
+    ch, cw = blocked.shape
+    table = np.zeros((ch + 1, cw + 1), np.int64)
+    np.cumsum(np.cumsum(blocked, axis=0), axis=1, out=table[1:, 1:])
+
+    def count(x0: int | np.ndarray, y0: int | np.ndarray, x1: int | np.ndarray,
+              y1: int | np.ndarray) -> int | np.ndarray:
+        return table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
+
+    oy = np.arange(max(cy - wh + 1, 0), min(cy, ch - wh) + 1)[:, None]
+    ox = np.arange(max(cx - ww + 1, 0), min(cx, cw - ww) + 1)[None, :]
+    if oy.size and ox.size:
+        free = count(ox, oy, ox + ww, oy + wh) == 0
+        if free.any():
+            offset = (2 * oy + wh - 1 - 2 * cy) ** 2 + (2 * ox + ww - 1 - 2 * cx) ** 2
+            best = np.argmin(np.where(free, offset, np.iinfo(np.int64).max))
+            i, j = np.unravel_index(best, free.shape)
+            return int(ox[0, j]), int(oy[i, 0]), ww, wh
+    x0, y0, x1, y1 = cx, cy, cx + 1, cy + 1
+    grown = True
+    while grown:
+        grown = False
+        if y1 - y0 < wh and y0 > 0 and count(x0, y0 - 1, x1, y0) == 0:
+            y0, grown = y0 - 1, True
+        if y1 - y0 < wh and y1 < ch and count(x0, y1, x1, y1 + 1) == 0:
+            y1, grown = y1 + 1, True
+        if x1 - x0 < ww and x0 > 0 and count(x0 - 1, y0, x0, y1) == 0:
+            x0, grown = x0 - 1, True
+        if x1 - x0 < ww and x1 < cw and count(x1, y0, x1 + 1, y1) == 0:
+            x1, grown = x1 + 1, True
+    return x0, y0, x1 - x0, y1 - y0
+
+
+def _verify(picks: list[Region], blocked: np.ndarray, shape: tuple[int, int]) -> None:
+    """Assert the selection's invariants (cheap: n × (n + labeled) box tests); a failure is a bug."""
+    height, width = shape
+    others = blocked
+    for pick in picks:
+        inside = pick.x >= 0 and pick.y >= 0 and pick.x + pick.w <= width and pick.y + pick.h <= height
+        if not inside or pick.w < 1 or pick.h < 1 or overlap_mask(pick, others).any():
+            raise AssertionError(f"selected box {pick} is outside the map or overlaps another")
+        others = np.vstack([others, np.asarray(pick, dtype=others.dtype)[None]])

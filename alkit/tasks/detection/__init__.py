@@ -1,0 +1,1 @@
+"""Mitotic-figure detection (MITOS_WSI_CMC): RetinaNet detector, point oracle, F1."""

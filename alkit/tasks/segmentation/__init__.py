@@ -1,0 +1,1 @@
+"""Tumour segmentation by patch classification (CAMELYON16): classifier, tumour oracle, mIoU."""

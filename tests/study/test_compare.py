@@ -1,0 +1,244 @@
+"""Strategy comparison under MLflow: config validation, the tracked grid, resuming, summary, demo, server."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from alkit.cli import main
+from alkit.study.compare import ConfigError, load_config, run_study, summarise_study
+from alkit.study.demo import demo_config
+from conftest import on_tissue_count
+
+
+@pytest.fixture(scope="module")
+def demo_study(synthetic_cohort, tmp_path_factory):
+    """The quick demo's config over the shared synthetic cohort (written beside it)."""
+    root = Path(synthetic_cohort.root)
+    config = demo_config(root, quick=True)
+    path = root.parent / "study.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _write(tmp_path, base: dict, **changes) -> Path:
+    config = json.loads(json.dumps(base))
+    for key, value in changes.items():
+        node = config
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node[p]
+        if value is None:
+            node.pop(last)
+        else:
+            node[last] = value
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_invalid_configs_fail_before_any_work_naming_the_key(demo_study, tmp_path):
+    base = yaml.safe_load(demo_study.read_text())
+    # absolute paths so the copies in tmp_path still find the cohort
+    base["cohort"]["slides"] = [str(demo_study.parent / p) for p in base["cohort"]["slides"]]
+    base["cohort"]["test_slides"] = [str(demo_study.parent / p) for p in base["cohort"]["test_slides"]]
+    base["cohort"]["ground_truth"]["synthetic"] = str(demo_study.parent / base["cohort"]["ground_truth"]["synthetic"])
+    base["prototypes"]["db"] = str(demo_study.parent / base["prototypes"]["db"])
+    load_config(_write(tmp_path, base))  # the base itself is valid
+    cases = [
+        ("study", None, "missing key 'study'"),
+        ("strategies", ["random", "magic"], "unknown strategy 'magic'"),
+        ("budgets.n", [0], "key 'budgets.n' must hold positive integers"),
+        ("budgets.l", "big", "key 'budgets.l' must be"),
+        ("cohort.slides", ["/nowhere/*.tif"], "key 'cohort.slides'"),
+        ("selector", "best", "key 'selector'"),
+        ("loop.cycles", 0, "key 'loop.cycles' must be >= 1"),
+        ("task", {"kind": "tracking"}, "key 'task.kind' must be one of ['segmentation', 'detection']"),
+        ("task", {"epochs": 3}, "key 'task' has unknown parameter(s) ['epochs'] for PatchClassifierTask"),
+        ("cohort.validation_slides", base["cohort"]["test_slides"], "used by task.kind 'detection' only"),
+        ("cohort.ground_truth", {"sliderunner": "x.sqlite"}, "for task.kind 'detection'"),
+        ("prototypes", None, "key 'prototypes' is required"),
+        ("colour", "red", "unknown key(s) ['colour']"),
+    ]
+    for key, value, message in cases:
+        with pytest.raises(ConfigError) as err:
+            load_config(_write(tmp_path, base, **{key: value}))
+        assert message in str(err.value), (key, str(err.value))
+    assert main(["compare", str(_write(tmp_path, base, study=None))]) == 2
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "absent.yaml")
+
+
+def test_comparison_is_tracked_resumable_and_summarised(demo_study, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = load_config(demo_study)
+    runs = run_study(config, tracking_uri=uri, progress=False)
+    assert sorted(r["params"]["strategy"] for r in runs) == ["diversity", "prototype", "random"]
+    for r in runs:
+        assert r["params"]["n"] == "1" and r["params"]["l"] == "1024" and r["params"]["seed"] == "0"
+        assert {"encoder", "selector", "config_hash", "alkit_version"} <= set(r["params"])
+        steps = [s for s, _ in r["history"]["miou_tumour"]]
+        assert steps == [0, 1]
+        tissue = [v for _, v in r["history"]["annotated_tissue_pct"]]
+        assert tissue[1] > tissue[0] > 0
+        artefacts = {a.path for a in MlflowClient(uri).list_artifacts(r["run_id"])}
+        assert {"cycle_0", "cycle_1", "pool", "config.json"} <= artefacts
+        cycle0 = {a.path for a in MlflowClient(uri).list_artifacts(r["run_id"], "cycle_0")}
+        assert {"cycle_0/regions.json", "cycle_0/qupath", "cycle_0/png"} <= cycle0
+    again = run_study(config, tracking_uri=uri, progress=False)  # finished runs are skipped
+    assert sorted(r["run_id"] for r in again) == sorted(r["run_id"] for r in runs)
+    experiment = MlflowClient(uri).get_experiment_by_name(config.study)
+    assert len(MlflowClient(uri).search_runs([experiment.experiment_id])) == 3
+    summary = summarise_study(runs, tmp_path / "summary")
+    table = summary["markdown"].read_text()
+    assert table.count("\n") == 2 + 3 * 2  # header, rule, 3 strategies x 2 cycles
+    assert summary["miou_vs_tissue"].stat().st_size > 1000 and summary["csv"].exists()
+
+
+def test_demo_quick_runs_from_the_command_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default embedded MLflow store lands in the working directory
+    assert main(["demo", "--quick", "--out", str(tmp_path / "demo"), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "3 runs of" in out and "| prototype | 1 | 1024 | 0 |" in out
+    assert "(mitotic-figure detection)" in out and "annotated_mitoses_ratio" in out
+    assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db" in out
+    assert (tmp_path / "mlflow.db").exists() and (tmp_path / "demo" / "results" / "summary.csv").exists()
+    assert (tmp_path / "demo" / "results-mitosis" / "mitoses_vs_tissue.png").exists()
+
+
+def test_comparison_against_a_real_tracking_server(demo_study, tmp_path):
+    from mlflow_setup.server import start_server, stop_server
+
+    info = start_server(tmp_path / "server", port=0, timeout=90)
+    try:
+        config = load_config(demo_study)
+        config.strategies = ["random"]
+        runs = run_study(config, tracking_uri=info.uri, progress=False)
+        client = MlflowClient(info.uri)
+        found = client.search_runs([client.get_experiment_by_name(config.study).experiment_id])
+        assert [r.info.run_id for r in found] == [runs[0]["run_id"]]
+        assert found[0].info.status == "FINISHED" and found[0].data.params["strategy"] == "random"
+        assert len(client.get_metric_history(found[0].info.run_id, "miou_tumour")) == 2
+    finally:
+        stop_server(info)
+    assert not os.path.exists(tmp_path / "server" / "server.pid")
+
+
+def test_shipped_configs_are_well_formed():
+    experiments = Path(__file__).resolve().parents[2] / "experiments"
+    # the paper's configs point at data this machine does not have: validation gets as far as the slides
+    with pytest.raises(ConfigError, match="key 'cohort.slides'"):
+        load_config(experiments / "camelyon16.yaml")
+    with pytest.raises(ConfigError, match="key 'cohort.slides'"):
+        load_config(experiments / "mitos_wsi_cmc.yaml")
+    mitos = yaml.safe_load((experiments / "mitos_wsi_cmc.yaml").read_text())
+    assert mitos["task"]["kind"] == "detection" and mitos["embedding"]["patch"] == mitos["embedding"]["stride"] == 64
+    synthetic = yaml.safe_load((experiments / "synthetic.yaml").read_text())
+    assert synthetic["strategies"] == ["random", "diversity", "prototype"]
+
+
+# ------------------------------------------------------------------------------------------ detection
+
+TINY_DETECTOR = {"kind": "detection", "mpp": 0.5, "patch": 64, "fpn_channels": 32, "patches_per_epoch": 6,
+                 "patches_per_epoch_small": 6, "max_epochs": 1, "batch_size": 3, "tile": 256, "accelerator": "cpu",
+                 "score_thresh": 0.01}
+
+
+@pytest.fixture(scope="module")
+def detection_study(synthetic_cohort):
+    """The quick demo's detection study over the shared synthetic cohort, with a tiny detector and the
+    mitoses read from the cohort's SlideRunner database (``ground_truth.sliderunner``)."""
+    from alkit.study.demo import demo_detection_config
+
+    root = Path(synthetic_cohort.root)
+    config = demo_detection_config(root, quick=True)
+    config["task"] = dict(TINY_DETECTOR)
+    config["cohort"]["ground_truth"] = {"sliderunner": os.path.relpath(synthetic_cohort.mitoses_db, root.parent)}
+    config["strategies"] = ["random", "prototype"]
+    config["out"] = "results-detection-test"
+    # 2 of the 4 slides carry tumour (and nearly all mitoses): one tests, the other is labeled, none validates
+    config["cohort"]["slides"] += config["cohort"].pop("validation_slides")
+    path = root.parent / "study-detection.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_detection_configs_are_validated(detection_study, tmp_path):
+    base = yaml.safe_load(detection_study.read_text())
+    here = detection_study.parent
+    base["cohort"]["validation_slides"] = base["cohort"]["slides"][-1:]
+    for key in ("slides", "validation_slides", "test_slides"):
+        base["cohort"][key] = [str(here / p) for p in base["cohort"][key]]
+    base["cohort"]["ground_truth"]["sliderunner"] = str(here / base["cohort"]["ground_truth"]["sliderunner"])
+    base["prototypes"]["db"] = str(here / base["prototypes"]["db"])
+    base["prototypes"]["crops"]["figures"] = str(here / base["prototypes"]["crops"]["figures"])
+    config = load_config(_write(tmp_path, base))
+    assert config.kind == "detection" and len(config.validation_slides) == 1
+    cases = [
+        ("loop.acquisition", {"measure": "bald"}, "'bald' needs MC dropout"),
+        ("prototypes.classes", {"a": {"ids": ["1"]}, "b": {"ids": ["2"]}}, "one class of mitosis crops"),
+        ("prototypes.crops", {"centre": 3}, "key 'prototypes.crops' knows"),
+        ("prototypes.crops", {"boxes": "/nowhere/boxes.json"}, "key 'prototypes.crops.boxes': no file"),
+        ("cohort.ground_truth", {"sliderunner": "/nowhere/*.sqlite"}, "key 'cohort.ground_truth.sliderunner'"),
+        ("cohort.ground_truth", {"coco": "/nowhere.json"}, "key 'cohort.ground_truth.coco': no file"),
+        ("cohort.ground_truth", {"folder": str(tmp_path)}, "no SlideRunner database matches"),
+        ("cohort.ground_truth", {"sliderunner": base["cohort"]["ground_truth"]["sliderunner"],
+                                 "classes": {"Mitotic figure": "yes"}}, "key 'cohort.ground_truth.classes'"),
+        ("task", {"kind": "detection", "fpn": 3}, "unknown parameter(s) ['fpn'] for MitosisDetectorTask"),
+    ]
+    for key, value, message in cases:
+        with pytest.raises(ConfigError) as err:
+            load_config(_write(tmp_path, base, **{key: value}))
+        assert message in str(err.value), (key, str(err.value))
+
+
+def test_detection_study_is_tracked_and_summarised(detection_study, synthetic_cohort, tmp_path):
+    from alkit.embeddings.cohort import Cohort
+    from alkit.al.oracle import MitosisOracle
+    from alkit.prototypes.prototype_set import PrototypeSet
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = load_config(detection_study)
+    runs = run_study(config, tracking_uri=uri, progress=False)
+    assert sorted(r["params"]["strategy"] for r in runs) == ["prototype", "random"]
+    oracle = MitosisOracle.from_sliderunner(synthetic_cohort.mitoses_db)
+    train_ids = {Path(p).stem for p in config.slides}
+    total = sum(len(oracle.mitoses(s)) for s in train_ids)
+    for r in runs:
+        assert r["params"]["task_kind"] == "detection"
+        assert [s for s, _ in r["history"]["f1"]] == [0]  # one cycle: the initial set
+        (_, ratio), = r["history"]["annotated_mitoses_ratio"]
+        pool = json.loads(next((config.out / "pools").glob(f"{r['params']['strategy']}-*.json")).read_text())
+        assert all(reg["mitoses"] is not None for reg in pool["regions"])
+        assert ratio == pytest.approx(sum(reg["mitoses"] for reg in pool["regions"]) / total)
+        metrics = pool["cycle_metrics"]["0"]
+        test_ids = [Path(p).stem for p in config.test_slides]
+        assert {f"f1_per_slide.{s}" for s in test_ids} <= set(r["history"])  # per-slide F1 in MLflow too
+        assert metrics["threshold_chosen_on"] == "labeled regions"
+        test = Cohort.from_stores(sorted(Path(config.embedding["out"]).glob("*_64px_s64.h5")))
+        scored = sum(on_tissue_count(s, oracle.mitoses(s.slide_id)) for s in test
+                     if s.slide_id in {Path(p).stem for p in config.test_slides})
+        assert metrics["tp"] + metrics["fn"] == scored
+    prototypes = PrototypeSet.load(config.out / "prototypes")
+    assert list(prototypes.classes) == ["mitotic figure"]
+    assert prototypes.preprocessing["mode"] == "resize" and prototypes.preprocessing["size"] == 64
+    summary = summarise_study(runs, tmp_path / "summary")
+    header = summary["markdown"].read_text().splitlines()[0]
+    assert "| f1 |" in header and "annotated_mitoses_ratio" in header and "miou" not in header
+    assert summary["f1_vs_tissue"].stat().st_size > 1000 and summary["mitoses_vs_tissue"].exists()
+    with pytest.raises(ValueError, match="different tasks"):
+        summarise_study(runs + [{**runs[0], "params": {**runs[0]["params"], "task_kind": "segmentation"}}],
+                        tmp_path / "mixed")
+
+
+def test_numeric_metrics_flatten_one_level_for_mlflow():
+    from alkit.study.compare import numeric_metrics
+
+    got = numeric_metrics({"f1": 0.5, "tp": 3, "where": "validation", "ok": True, "none": None,
+                           "f1_per_slide": {"a b": 0.25, "c:d": None, "e(1)": 1}})
+    assert got == {"f1": 0.5, "tp": 3.0, "f1_per_slide.a b": 0.25, "f1_per_slide.e_1_": 1.0}

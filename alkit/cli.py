@@ -129,11 +129,11 @@ def _cmd_prototypes_build(args: argparse.Namespace) -> int:
     import re
     from pathlib import Path
 
-    from alkit.captions import ImageEmbedder, ImagePrep, read_hits, read_id_list, write_hits
-    from alkit.captions.retrieval import RETRIEVAL_PREP, retrieve
+    from alkit.captions import ImagePrep, read_id_list, write_hits
     from alkit.embeddings.encoders import get_encoder
-    from alkit.prototypes.prototype_set import PrototypeError, build_prototypes, check_encoder_match, read_boxes
     from alkit.embeddings.store import read_attrs
+    from alkit.prototypes.build import ClassQuery, FoundImages, build_prototype_set
+    from alkit.prototypes.prototype_set import PrototypeError, check_encoder_match, read_boxes
 
     classes = [_parse_class(c) for c in args.class_]
     names = [n for n, _ in classes]
@@ -146,35 +146,33 @@ def _cmd_prototypes_build(args: argparse.Namespace) -> int:
         check_encoder_match(encoder.name, encoder.dim, str(attrs.get("encoder")), int(attrs.get("dim", -1)),
                             what="the prototypes", against=f"the slide embeddings {args.check_store}")
     exclude = set(read_id_list(args.exclude)) if args.exclude else set()
-    cache = dict(cache_dir=args.cache, use_cache=not args.no_cache, batch_size=args.batch_size,
-                 progress=not args.quiet)
-    retrieval_embedder = ImageEmbedder(encoder, RETRIEVAL_PREP, cache_dir=args.cache, use_cache=not args.no_cache,
-                                       batch_size=args.batch_size, progress=not args.quiet)
     retrieval_names = [n for n, h in classes if h is None]
-    ids_by_class: dict[str, list[str]] = {}
-    queries: dict[str, dict] = {}
-    for name, hits_file in classes:
+
+    def query(name: str, hits_file: str | None) -> ClassQuery:
         if hits_file is not None:
-            ids = [str(h["id"]) for h in read_hits(hits_file)]
-            kept = [i for i in ids if i not in exclude]
-            print(f"{name}: {len(ids)} ids from {hits_file}" + (f", {len(kept)} after --exclude" if exclude else ""))
-            if not kept:
-                raise PrototypeError(f"class {name!r}: no ids left from {hits_file} after --exclude")
-            ids_by_class[name], queries[name] = kept, {"hits_file": str(hits_file), "excluded": len(ids) - len(kept)}
-            continue
+            return ClassQuery(name, hits_file=hits_file)
         contrast = ([n for n in retrieval_names if n != name] if args.contrast else []) + list(args.contrast_with or [])
-        result = retrieve(db, encoder, name, template=args.prompt, top_n=args.top_n, tags=args.tag or [],
-                          contrast=contrast, exclude_ids=exclude, embedder=retrieval_embedder)
-        print(f"{name}: prompt {result.prompt!r}")
-        for step in result.steps:
+        return ClassQuery(name, prompt=args.prompt, top_n=args.top_n, tags=tuple(args.tag or ()),
+                          contrast=tuple(contrast))
+
+    def report(found: FoundImages) -> None:
+        name = found.query.name
+        if found.query.hits_file is not None:
+            total = len(found.ids) + found.provenance["excluded"]
+            print(f"{name}: {total} ids from {found.query.hits_file}"
+                  + (f", {len(found.ids)} after --exclude" if exclude else ""))
+            return
+        print(f"{name}: prompt {found.provenance['prompt']!r}")
+        for step in found.steps:
             print(f"  {step.remaining:>7}  {step.label}")
         slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "class"
-        write_hits(Path(args.out) / f"retrieved_{slug}.json", result.records())
-        ids_by_class[name], queries[name] = result.ids, result.query()
-    prep = ImagePrep(args.prep, args.size, args.scale)
-    boxes = read_boxes(args.boxes) if args.boxes else None
-    protos = build_prototypes(db, ids_by_class, encoder, prep=prep, boxes=boxes, queries=queries,
-                              skip_missing=args.skip_missing, **cache)
+        write_hits(Path(args.out) / f"retrieved_{slug}.json", found.result.records())
+
+    queries = [query(name, hits_file) for name, hits_file in classes]
+    protos = build_prototype_set(db, queries, encoder, prep=ImagePrep(args.prep, args.size, args.scale),
+                                 boxes=read_boxes(args.boxes) if args.boxes else None, exclude=exclude,
+                                 skip_missing=args.skip_missing, cache_dir=args.cache, use_cache=not args.no_cache,
+                                 batch_size=args.batch_size, progress=not args.quiet, on_found=report)
     protos.save(args.out)
     ks = ", ".join(f"{n}: {c.k}" for n, c in protos.classes.items())
     print(f"wrote prototypes ({ks}; encoder {encoder.name}, {encoder.dim}-d) to {args.out}")
@@ -297,7 +295,9 @@ def _print_summary(summary: dict, tracking_uri: str) -> None:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from alkit.study.compare import load_config, run_study, summarise_study
+    from alkit.study.config import load_config
+    from alkit.study.run import run_study
+    from alkit.study.summary import summarise_study
     from alkit.study.tracking import resolve_tracking_uri
 
     config = load_config(args.config)  # every config error surfaces here, before any work
@@ -326,7 +326,7 @@ def _quiet_lightning() -> None:
     """Lightning sets its loggers to INFO when imported (device summaries, tips): follow -v instead."""
     import pytorch_lightning  # noqa: F401  (import first: the import itself sets the level)
 
-    from alkit.tasks.segmentation.classifier import LIGHTNING_LOGGERS
+    from alkit.tasks.training import LIGHTNING_LOGGERS
 
     level = logging.getLogger().level
     for chatty in LIGHTNING_LOGGERS:

@@ -1,19 +1,21 @@
 """Uncertainty acquisition: regions where the current model is least sure.
 
-Per slide, the task model's per-patch uncertainty (:func:`alkit.al.uncertainty.acquisition_map`:
-entropy, margin, least confidence, or MC-dropout BALD) is a score map like any other and goes
-through the same standard or adaptive selector, with labeled regions excluded. The strategy needs
-the trained model: pass ``task=`` or let :class:`alkit.al.loop.ActiveLearningLoop` bind its own task.
+Per slide, the task's per-cell probabilities (:meth:`alkit.al.task.Task.probabilities`, or its
+MC-dropout samples) become an uncertainty map (:func:`alkit.al.uncertainty.acquisition_map`: entropy,
+margin, least confidence, or MC-dropout BALD), a score map like any other that goes through the same
+standard or adaptive selector, with labeled regions excluded. The strategy needs the task being
+learned: pass ``task=`` or let :class:`alkit.al.loop.ActiveLearningLoop` bind its own (:meth:`bind`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from alkit.al.task import Task
+from alkit.al.uncertainty import acquisition_map, mc_samples_for
 from alkit.embeddings.cohort import Cohort
 from alkit.embeddings.store import StoreHeader
 from alkit.selection.strategy import Budget, Labeled, Selection, StrategyError
-from alkit.al.uncertainty import MEASURES, acquisition_map
 from strategies._common import check_selector, select_on_maps
 
 
@@ -22,26 +24,34 @@ class UncertaintyStrategy:
 
     name = "uncertainty"
 
-    def __init__(self, task=None, measure: str = "entropy", selector: str = "standard",
+    def __init__(self, task: Task | None = None, measure: str = "entropy", selector: str = "standard",
                  mc_samples: int | None = None):
-        if measure not in MEASURES:
-            raise StrategyError(f"measure must be one of {', '.join(MEASURES)}, got {measure!r}")
-        if mc_samples is None:
-            mc_samples = 10 if measure == "bald" else 0  # BALD is defined over MC-dropout samples
-        if measure == "bald" and mc_samples < 2:
-            raise StrategyError(f"bald needs at least 2 MC-dropout samples, got mc_samples={mc_samples}")
-        self.task, self.measure, self.mc_samples = task, measure, int(mc_samples)
+        try:
+            self.mc_samples = mc_samples_for(measure, mc_samples)
+        except ValueError as exc:
+            raise StrategyError(str(exc)) from None
+        self.measure = measure
         self.selector = check_selector(selector)
+        self.task: Task | None = None
+        if task is not None:
+            self.bind(task)
+
+    def bind(self, task: Task) -> None:
+        """Score with ``task`` (the loop binds the task it trains)."""
+        if self.mc_samples > 0 and not getattr(task, "mc_dropout", False):
+            raise StrategyError(f"{self.measure} with MC-dropout samples needs a task with dropout; "
+                                f"task {getattr(task, 'name', type(task).__name__)!r} has none "
+                                "(use entropy, margin or least_confidence without mc_samples)")
+        self.task = task
 
     def select(self, cohort: Cohort, budget: Budget, rng: np.random.Generator,
                labeled: Labeled | None = None) -> Selection:
         if self.task is None:
-            raise StrategyError("the uncertainty strategy needs a trained task model (task=...)")
+            raise StrategyError("the uncertainty strategy needs the task being learned (task=...)")
         selection = Selection(self.name)
-        from_features = getattr(self.task, "reads_features", True)
-        for slide in cohort:  # a task that does not read embeddings (the detector) gets the store's header only
-            store = slide.store() if from_features else StoreHeader.load(slide.store_path)
-            score = acquisition_map(self.task, store, self.measure, self.mc_samples)
+        for slide in cohort:
+            valid = StoreHeader.load(slide.store_path).embedded_mask()
+            score = acquisition_map(self.task, slide, valid, self.measure, self.mc_samples)
             selection.score_maps[slide.slide_id] = {f"uncertainty:{self.measure}": score}
             picks = select_on_maps(slide, {"": score}, budget.n, slide.grid.region_cells(budget.size),
                                    self.selector, labeled, self.name)

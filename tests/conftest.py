@@ -105,7 +105,7 @@ def mitosis_cohort(root: Path, n_slides: int, n_caption_images: int = 0):
     """Tumour-only synthetic slides of 2048 px (0.25 µm/px, seed 5) embedded at 64 px, stride 64 (the mitosis
     task's grid), with their SlideRunner oracle: ``(cohort, store paths, oracle)``."""
     from alkit.embeddings.embed import EmbedConfig, embed_slides
-    from alkit.al.oracle import MitosisOracle
+    from alkit.tasks.detection.oracle import MitosisOracle
     from alkit.synthetic import generate_cohort
 
     cohort = generate_cohort(root / "cohort", n_slides=n_slides, size=2048, seed=5, progress=False,

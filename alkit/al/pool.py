@@ -4,10 +4,11 @@ Annotation is the expensive resource, so the pool is a JSON file rewritten atomi
 + rename) after each change: whatever happens to the process, the file on disk holds every region
 labeled so far and nothing half-written. Loading it resumes where the last run stopped.
 
-Patch labels derive from the regions: a grid cell counts as labeled when its centre lies inside a
-labeled region of its slide (each cell belongs to at most one region, since regions never overlap),
-and as tumour when at least ``tumour_threshold`` (default 0.5) of its area is tumour in the
-annotator's (or oracle's) ground truth.
+The pool knows no task: each region keeps its tissue area and the annotator's *findings*
+(:attr:`alkit.al.oracle.RegionReport.findings`: tumour area for segmentation, mitosis counts for
+detection), written into the region's JSON record beside its box. A grid cell counts as labeled when
+its centre lies inside a labeled region of its slide (each cell belongs to at most one region, since
+regions never overlap); what its label is, the task decides from its ground truth.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from alkit.jsonfile import read_json
+from alkit.al.oracle import RegionReport
 from alkit.atomic import atomic_write_text
 from alkit.errors import AlkitError
-from alkit.wsi.grid import PatchGrid
+from alkit.jsonfile import read_json
+from alkit.selection.regions import boxes_overlap
 from alkit.selection.strategy import Box, RegionPick
+from alkit.wsi.grid import PatchGrid
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +42,7 @@ class PoolError(AlkitError, ValueError):
 
 @dataclass(frozen=True)
 class LabeledRegion:
-    """One labeled region with what the annotator found in it."""
+    """One labeled region with what the annotator found in it (``findings``: the task's own counts)."""
 
     slide: str
     box: Box  # level-0 (x, y, w, h)
@@ -48,9 +51,19 @@ class LabeledRegion:
     cls: str | None = None
     score: float | None = None
     tissue_mm2: float = 0.0
-    tumour_mm2: float = 0.0
-    mitoses: int | None = None
-    hard_negatives: int | None = None
+    findings: Mapping[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """The region's JSON record: its fields with the findings alongside (one flat object)."""
+        record = {k: v for k, v in asdict(self).items() if k != "findings"}
+        return record | {"box": list(self.box)} | dict(self.findings)
+
+    @classmethod
+    def from_dict(cls, record: Mapping) -> LabeledRegion:
+        own = {f for f in cls.__dataclass_fields__ if f != "findings"}
+        findings = {k: v for k, v in record.items() if k not in own and v is not None}
+        return cls(**{k: v for k, v in record.items() if k in own} | {"box": tuple(record["box"])},
+                   findings=findings)
 
 
 @dataclass
@@ -71,7 +84,10 @@ class LabeledPool:
         doc = read_json(path, PoolError, "pool file")
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise PoolError(f"{path}: not an alkit pool file")
-        regions = [LabeledRegion(**{**r, "box": tuple(r["box"])}) for r in doc.get("regions", [])]
+        try:
+            regions = [LabeledRegion.from_dict(r) for r in doc.get("regions", [])]
+        except (KeyError, TypeError) as exc:
+            raise PoolError(f"{path}: a region record is malformed ({exc!r})") from None
         metrics = {int(k): v for k, v in doc.get("cycle_metrics", {}).items()}
         return cls(path, regions, metrics)
 
@@ -79,29 +95,31 @@ class LabeledPool:
         if self.path is None:
             return
         doc = {"format": FORMAT, "format_version": FORMAT_VERSION,
-               "regions": [asdict(r) | {"box": list(r.box)} for r in self.regions],
+               "regions": [r.to_dict() for r in self.regions],
                "cycle_metrics": {str(k): v for k, v in sorted(self.cycle_metrics.items())}}
         atomic_write_text(self.path, json.dumps(doc, indent=1) + "\n")
 
     # -- changes -------------------------------------------------------------------------------
-    def add(self, picks: Iterable[RegionPick], cycle: int, reports: Iterable[Mapping] | None = None) -> None:
-        """Add labeled regions of ``cycle`` (with the annotator's report of each) and save."""
+    def add(self, picks: Iterable[RegionPick], cycle: int,
+            reports: Iterable[RegionReport | Mapping] | None = None) -> None:
+        """Add labeled regions of ``cycle`` (with the annotator's report of each) and save.
+
+        A report is a :class:`~alkit.al.oracle.RegionReport` or a mapping of ``tissue_mm2`` and findings.
+        """
         picks = list(picks)
         reports = list(reports) if reports is not None else [{} for _ in picks]
         if len(reports) != len(picks):
             raise PoolError(f"{len(picks)} regions but {len(reports)} reports")
-        from alkit.selection.regions import boxes_overlap
-
         new = []
         for p, rep in zip(picks, reports):
             clash = [r for r in self.regions + new if r.slide == p.slide and boxes_overlap(r.box, p.box)]
             if clash:
                 raise PoolError(f"{p.slide}: region {p.box} overlaps labeled region {clash[0].box} "
                                 f"(cycle {clash[0].cycle})")
+            tissue, findings = _report_parts(rep)
             new.append(LabeledRegion(p.slide, tuple(int(v) for v in p.box), int(cycle), p.strategy, p.cls,
                                      None if p.score is None or np.isnan(p.score) else float(p.score),
-                                     float(rep.get("tissue_mm2", 0.0)), float(rep.get("tumour_mm2", 0.0)),
-                                     rep.get("mitoses"), rep.get("hard_negatives")))
+                                     tissue, findings))
         self.regions.extend(new)
         self.save()
 
@@ -126,15 +144,16 @@ class LabeledPool:
     def for_slide(self, slide: str) -> list[LabeledRegion]:
         return [r for r in self.regions if r.slide == slide]
 
-    def budget_used(self, total_tissue_mm2: float | None = None, total_tumour_mm2: float | None = None) -> dict:
-        """Regions, annotated tissue / tumour area (mm²) and, given totals, their percentages."""
+    def total(self, finding: str) -> float:
+        """The sum of one finding (e.g. ``tumour_mm2``, ``mitoses``) over the labeled regions."""
+        return float(sum(r.findings.get(finding) or 0 for r in self.regions))
+
+    def budget_used(self, total_tissue_mm2: float | None = None) -> dict:
+        """Regions, annotated tissue area (mm²) and, given the cohort's tissue area, its percentage."""
         tissue = sum(r.tissue_mm2 for r in self.regions)
-        tumour = sum(r.tumour_mm2 for r in self.regions)
-        used = {"regions": len(self.regions), "tissue_mm2": tissue, "tumour_mm2": tumour}
+        used = {"regions": len(self.regions), "tissue_mm2": tissue}
         if total_tissue_mm2:
             used["tissue_pct"] = 100.0 * tissue / total_tissue_mm2
-        if total_tumour_mm2:
-            used["tumour_pct"] = 100.0 * tumour / total_tumour_mm2
         return used
 
     def cell_region_ids(self, slide: str, grid: PatchGrid, max_cycle: int | None = None) -> np.ndarray:
@@ -153,3 +172,11 @@ class LabeledPool:
             if len(cs) and len(rs):
                 out[rs[0]:rs[-1] + 1, cs[0]:cs[-1] + 1] = i
         return out
+
+
+def _report_parts(report: RegionReport | Mapping) -> tuple[float, dict]:
+    """``(tissue_mm2, findings)`` of an annotator's report."""
+    if isinstance(report, RegionReport):
+        return float(report.tissue_mm2 or 0.0), dict(report.findings)
+    findings = {k: v for k, v in report.items() if k != "tissue_mm2" and v is not None}
+    return float(report.get("tissue_mm2", 0.0)), findings

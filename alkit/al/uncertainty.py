@@ -34,12 +34,14 @@ scikit-learn below 1.8.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.special import entr
 
-from alkit.embeddings.store import EmbeddingStore
+if TYPE_CHECKING:
+    from alkit.al.task import Task
+    from alkit.embeddings.cohort import CohortSlide
 
 MEASURES = ("entropy", "margin", "least_confidence", "bald")
 #: slack allowed in probability checks (float32 softmax outputs sum to 1 within ~1e-6)
@@ -132,29 +134,33 @@ def uncertainty_map(measure: str, probs: np.ndarray, valid: np.ndarray, *, mc: b
     return out
 
 
-class ProbabilisticTask(Protocol):
-    """What :func:`acquisition_map` needs from a task model (e.g. :class:`alkit.tasks.PatchClassifierTask`)."""
-
-    def predict_proba(self, store: EmbeddingStore) -> np.ndarray: ...
-
-    def predict_mc(self, store: EmbeddingStore, samples: int) -> np.ndarray: ...
-
-
-def acquisition_map(task: ProbabilisticTask, store: EmbeddingStore, measure: str = "entropy",
-                    mc_samples: int = 0) -> np.ndarray:
-    """The slide's ``(rows, cols)`` uncertainty map under ``task`` (0 where nothing is embedded).
-
-    ``mc_samples > 0`` scores with MC dropout (required for ``bald``); otherwise the deterministic
-    prediction is used.
-    """
+def mc_samples_for(measure: str, mc_samples: int | None = None) -> int:
+    """The number of MC-dropout samples ``measure`` is scored with: ``bald`` needs at least 2 (default
+    10), the other measures score the deterministic prediction unless ``mc_samples`` asks for samples.
+    The one place this rule lives (strategies and configs ask it)."""
     if measure not in MEASURES:
         raise ValueError(f"unknown uncertainty measure {measure!r}; choose one of {', '.join(MEASURES)}")
+    if mc_samples is None:
+        mc_samples = 10 if measure == "bald" else 0
     if measure == "bald" and mc_samples < 2:
-        raise ValueError("bald needs mc_samples >= 2")
-    valid = store.embedded_mask()
+        raise ValueError(f"bald needs at least 2 MC-dropout samples, got mc_samples={mc_samples}")
+    if mc_samples < 0:
+        raise ValueError(f"mc_samples must be >= 0, got {mc_samples}")
+    return int(mc_samples)
+
+
+def acquisition_map(task: Task, slide: CohortSlide, valid: np.ndarray, measure: str = "entropy",
+                    mc_samples: int = 0) -> np.ndarray:
+    """The slide's ``(rows, cols)`` uncertainty map under ``task`` (0 outside ``valid``, the slide's
+    embedded cells).
+
+    ``mc_samples > 0`` scores the task's MC-dropout samples (required for ``bald``); otherwise its
+    deterministic probabilities.
+    """
+    mc_samples = mc_samples_for(measure, mc_samples)
     if mc_samples > 0:
-        return uncertainty_map(measure, task.predict_mc(store, mc_samples), valid, mc=True)
-    return uncertainty_map(measure, task.predict_proba(store), valid)
+        return uncertainty_map(measure, task.mc_probabilities(slide, mc_samples), valid, mc=True)
+    return uncertainty_map(measure, task.probabilities(slide), valid)
 
 
 # ---------------------------------------------------------------------------------------- internals

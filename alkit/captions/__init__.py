@@ -2,7 +2,7 @@
 class are found in them: keyword search (:mod:`~alkit.captions.search`), text-to-image retrieval
 (:mod:`~alkit.captions.retrieval`), and contact sheets for the manual clean-up (:mod:`~alkit.captions.review`).
 
-The found images become prototypes with :func:`alkit.prototypes.prototype_set.build_prototypes`. Torch is imported
+The found images become prototypes through :func:`alkit.prototypes.build.build_prototype_set`. Torch is imported
 only when images are embedded (``ImagePrep`` / ``ImageEmbedder`` load lazily), so keyword search
 stays quick to start.
 """

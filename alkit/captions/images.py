@@ -40,11 +40,11 @@ from PIL import Image
 from alkit.atomic import atomic_path
 from alkit.captions.database import CaptionDB, CaptionDBError
 from alkit.embeddings.encoders import Encoder, l2_normalise
+from alkit.wsi.box import Box
 
 log = logging.getLogger(__name__)
 
 PREP_MODES = ("crop", "resize")
-Box = tuple[int, int, int, int]
 
 
 def default_cache_dir() -> Path:

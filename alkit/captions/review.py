@@ -241,6 +241,7 @@ def _html(entries: list[_Entry], title: str) -> str:
 def with_typicality(hits: Sequence[Mapping], db: CaptionDB, encoder, *, sort: bool = True,
                     cache_dir: str | os.PathLike | None = None, use_cache: bool = True) -> list[dict]:
     """``hits`` with a ``typicality`` each (hits without an image get none), least typical first if ``sort``."""
+    # imported here: alkit.prototypes builds on alkit.captions, so a top-level import would be circular
     from alkit.captions.images import ImageEmbedder, ImagePrep
     from alkit.prototypes.prototype_set import typicality
 

@@ -1,10 +1,11 @@
-"""Mitosis prototypes: caption images cropped around the mitotic figure and resized to 64 × 64 px.
+"""Crop prototypes: caption images cropped around an object (the mitotic figure) and resized to 64 × 64 px.
 
 Mitoses are small (a figure is ~10–15 µm across), so the mitosis task embeds slides as 64 × 64 px
 patches at 0.25 µm/px with stride 64 (a 16 µm field of view per grid cell). Its prototypes are made
 the same way (Qiu et al., MICCAI 2024): each mitosis image is cropped to a square around its figure
 and the crop is resized to 64 × 64 (:class:`~alkit.captions.images.ImagePrep` ``mode="resize",
-size=64``), then embedded by the slides' encoder exactly like a slide patch.
+size=64``), then embedded by the slides' encoder exactly like a slide patch
+(:func:`build_crop_prototypes`; a study's ``prototypes.crops`` is a :class:`alkit.prototypes.build.CropSpec`).
 
 Where the crop boxes come from:
 
@@ -103,19 +104,19 @@ def synthetic_mitosis_boxes(truth: str | os.PathLike | Mapping[str, dict],
     return figure_boxes(points, sides)
 
 
-def build_mitosis_prototypes(db: CaptionDB, ids: Sequence[str], encoder, *,
-                             boxes: Mapping[str, Box] | None = None, side: float = PATCH_PX,
-                             size: int = PATCH_PX, name: str = "mitosis", query: dict | None = None,
-                             **kwargs) -> PrototypeSet:
-    """A :class:`PrototypeSet` with one class ``name`` of ``size × size`` crops around mitotic figures.
+def build_crop_prototypes(db: CaptionDB, ids: Sequence[str], encoder, *, name: str,
+                          boxes: Mapping[str, Box] | None = None, side: float = PATCH_PX, size: int = PATCH_PX,
+                          query: dict | None = None, **kwargs) -> PrototypeSet:
+    """A :class:`PrototypeSet` with one class ``name`` of ``size × size`` crops around objects (mitotic figures).
 
     ``boxes``: per-id crop boxes (image px); ids without one are cropped at the image centre with a
     ``side``-px box. Crops are resized to ``size`` (``ImagePrep("resize", size)``) and embedded with
-    ``encoder``; other keyword arguments go to :func:`alkit.prototypes.prototype_set.build_prototypes`.
+    ``encoder``; ``query`` (how the ids were found) goes into the class's query, other keyword
+    arguments to :func:`alkit.prototypes.prototype_set.build_prototypes`.
     """
     ids = list(dict.fromkeys(map(str, ids)))
     if not ids:
-        raise PrototypeError(f"class {name!r}: no mitosis images to build prototypes from")
+        raise PrototypeError(f"class {name!r}: no images to build crop prototypes from")
     given = {str(k): tuple(v) for k, v in (boxes or {}).items()}
     missing = [i for i in ids if i not in given]
     all_boxes = {**centre_boxes(db, missing, side), **{k: v for k, v in given.items() if k in set(ids)}}

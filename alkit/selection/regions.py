@@ -60,9 +60,10 @@ from typing import NamedTuple
 import numpy as np
 import scipy.ndimage as ndi
 
+from alkit.wsi.box import Box
+
 log = logging.getLogger(__name__)
 
-BoxLike = Sequence[float]
 
 
 class Region(NamedTuple):
@@ -76,7 +77,7 @@ class Region(NamedTuple):
 
 # --------------------------------------------------------------------------------------------- boxes
 
-def boxes_overlap(a: BoxLike, b: BoxLike) -> bool:
+def boxes_overlap(a: Box, b: Box) -> bool:
     """Whether two half-open boxes ``(x, y, w, h)`` share a cell (touching is not overlapping)."""
     ax, ay, aw, ah = a
     bx, by, bw, bh = b
@@ -84,7 +85,7 @@ def boxes_overlap(a: BoxLike, b: BoxLike) -> bool:
             and ax < bx + bw and bx < ax + aw and ay < by + bh and by < ay + ah)
 
 
-def overlap_mask(box: BoxLike, boxes: Iterable[BoxLike] | np.ndarray) -> np.ndarray:
+def overlap_mask(box: Box, boxes: Iterable[Box] | np.ndarray) -> np.ndarray:
     """Which of ``boxes`` (k × 4) overlap ``box``: a boolean array of length k (vectorised)."""
     arr = _box_array(boxes)
     x, y, w, h = box
@@ -94,7 +95,7 @@ def overlap_mask(box: BoxLike, boxes: Iterable[BoxLike] | np.ndarray) -> np.ndar
     return ((bw > 0) & (bh > 0) & (bx < x + w) & (x < bx + bw) & (by < y + h) & (y < by + bh))
 
 
-def box_sums(score_map: np.ndarray, boxes: Iterable[BoxLike] | np.ndarray) -> np.ndarray:
+def box_sums(score_map: np.ndarray, boxes: Iterable[Box] | np.ndarray) -> np.ndarray:
     """The sum of the map (NaN as 0) inside each box, clipped to the map: a region's score.
 
     Boxes partly outside count only their cells inside; boxes wholly outside or empty sum to 0;
@@ -123,7 +124,7 @@ def box_sums(score_map: np.ndarray, boxes: Iterable[BoxLike] | np.ndarray) -> np
 # ---------------------------------------------------------------------------------------- selectors
 
 def select_standard(score_map: np.ndarray, size: int, n: int,
-                    labeled: Iterable[BoxLike] = ()) -> list[Region]:
+                    labeled: Iterable[Box] = ()) -> list[Region]:
     """Greedy non-maximum suppression over all ``size × size`` windows scored by their sum.
 
     Repeatedly takes the window with the highest sum (ties: smallest y, then x) that overlaps no
@@ -160,7 +161,7 @@ def select_standard(score_map: np.ndarray, size: int, n: int,
 
 
 def select_adaptive(score_map: np.ndarray, size: int, n: int,
-                    labeled: Iterable[BoxLike] = ()) -> list[Region]:
+                    labeled: Iterable[Box] = ()) -> list[Region]:
     """Boxes shaped by the map: the bounding box of the thresholded blob around each peak.
 
     See the module docstring for the threshold bisection, the accepted side range
@@ -235,7 +236,7 @@ def _clean_map(score_map: np.ndarray) -> np.ndarray:
     return m
 
 
-def _box_array(boxes: Iterable[BoxLike] | np.ndarray) -> np.ndarray:
+def _box_array(boxes: Iterable[Box] | np.ndarray) -> np.ndarray:
     """Boxes as a (k, 4) float64 array, validated (w, h >= 0, finite)."""
     arr = np.asarray(boxes if isinstance(boxes, np.ndarray) else list(boxes), dtype=np.float64)
     if arr.size == 0:

@@ -21,11 +21,11 @@ import numpy as np
 
 from alkit.embeddings.cohort import Cohort
 from alkit.errors import AlkitError
+from alkit.wsi.box import Box
 
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "alkit.strategies"
-Box = tuple[int, int, int, int]
 
 
 class StrategyError(AlkitError, ValueError):

@@ -16,6 +16,10 @@ from pathlib import Path
 import yaml
 
 from alkit.atomic import atomic_write_text
+from alkit.study.config import load_config
+from alkit.study.run import run_study
+from alkit.study.summary import summarise_study
+from alkit.synthetic import SyntheticCohort, generate_cohort
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +35,6 @@ MITOTIC_FIGURE = {"with": [["mitotic", "mitoses", "mitosis"]], "without": ["IHC"
 
 def _split(cohort_root: Path, quick: bool):
     """``(train, validation, test)`` synthetic slides: the last tumour slides test, the one before validates."""
-    from alkit.synthetic import SyntheticCohort
-
     cohort = SyntheticCohort.load(cohort_root)
     tumour = [s for s in cohort.slides if s.has_tumour]
     n_test = 1 if quick else 2
@@ -94,8 +96,6 @@ def run_demo(out: str | os.PathLike = "demo_out", quick: bool = False, tracking_
     """Generate (or reuse) the cohort, write ``OUT/study.yaml`` and ``OUT/study-mitosis.yaml``, run and
     summarise both comparisons (segmentation under ``"runs"``/``"summary"``, detection under
     ``"mitosis_runs"``/``"mitosis_summary"``)."""
-    from alkit.study.compare import load_config, run_study, summarise_study
-    from alkit.synthetic import SyntheticCohort, generate_cohort
 
     out = Path(out)
     cohort_root = out / "cohort"

@@ -18,6 +18,7 @@ import openslide
 from PIL import Image
 
 from alkit.errors import AlkitError
+from alkit.wsi.box import Box
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,6 @@ LEVEL_TOLERANCE = 1.01
 _CHUNK = 4096
 _TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
-Box = tuple[float, float, float, float]
 
 
 class SlideError(AlkitError):

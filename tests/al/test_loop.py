@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alkit.embeddings.cohort import Cohort
 from alkit.al.loop import ActiveLearningLoop
-from alkit.al.oracle import TumourOracle
 from alkit.al.pool import LabeledPool
+from alkit.embeddings.cohort import Cohort
 from alkit.selection.strategy import Budget, get_strategy
-from alkit.tasks import PatchClassifierTask
+from alkit.tasks.segmentation.classifier import PatchClassifierModel
+from alkit.tasks.segmentation.oracle import TumourOracle
+from alkit.tasks.segmentation.task import SegmentationTask
 
 BUDGET = Budget(n=1, size=1024)
 
@@ -27,9 +28,10 @@ def build_loop(cohort: Cohort, cohort_root: str | Path, pool_path: Path, initial
                cycles: int = 2, prototypes=None) -> ActiveLearningLoop:
     """The loop both the tests and the killed subprocess run (same seeds: same regions)."""
     params = {"prototypes": prototypes} if initial == "prototype" else {}
+    task = SegmentationTask(TumourOracle.from_synthetic(cohort_root),
+                            PatchClassifierModel(max_epochs=15, min_epochs=3, patience=3, seed=0))
     return ActiveLearningLoop(
-        cohort, get_strategy(initial, **params), get_strategy("uncertainty", measure="entropy"),
-        PatchClassifierTask(max_epochs=15, min_epochs=3, patience=3, seed=0), TumourOracle.from_synthetic(cohort_root),
+        task, cohort, get_strategy(initial, **params), get_strategy("uncertainty", measure="entropy"),
         BUDGET, cycles, LabeledPool.open(pool_path), seed=11)
 
 

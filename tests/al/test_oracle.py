@@ -1,517 +1,92 @@
-"""Oracles on the real CAMELYON16 / SlideRunner / MIDOG++ files in ../shared/data, on a synthetic cohort,
-and the annotator round trip (regions out as QuPath GeoJSON / ASAP XML, drawings back in).
-
-Assumption of these tests: the CAMELYON16 slides themselves are not available, so a slide's size is
-the bounding box of its polygons rounded up to 256 px, and its resolution is 0.243 µm/px (the
-Radboud/Utrecht scanners of CAMELYON16 are ~0.243 µm/px).
-"""
+"""The oracle contract module (alkit.al.oracle): RegionReport and the helpers every oracle shares."""
 
 from __future__ import annotations
 
 import json
-import math
-import sqlite3
 from pathlib import Path
 
 import numpy as np
 import pytest
-import shapely
-from PIL import Image
-from shapely.geometry import Polygon
 
-from alkit.annotations.asap import write_asap_xml
-from alkit.annotations.ncrf import write_ncrf_json
-from alkit.annotations.qupath import QuPathFeature, write_qupath_geojson
-from alkit.annotations.sliderunner import SlideRunnerAnnotation, write_sliderunner
+from alkit.al.oracle import (NotAnnotatedError, Oracle, OracleError, RegionReport, call_reader, check_box,
+                             load_synthetic_cohort, mpp_for, px2_to_mm2, require_mpp)
+from alkit.annotations import AnnotationFileError
 from alkit.errors import AlkitError
-from alkit.selection.export import regions_geojson
-from alkit.wsi.grid import PatchGrid
-from alkit.al.oracle import (HARD_NEGATIVE, MITOSIS, AnnotationOracle, MitosisOracle, NotAnnotatedError, Oracle,
-                          OracleError, RegionReport, TumourMask, TumourOracle, load_regions, mitosis_label,
-                          tumour_geometry)
-from alkit.selection.strategy import RegionPick
-
-CAMELYON_MPP = 0.243
-SLIDES = ("Tumor_001", "Tumor_073", "Tumor_081")
 
 
-def _ann(shared: Path, sub: str) -> Path:
-    folder = shared / "annotations" / sub
-    if not folder.exists():
-        pytest.skip(f"real annotation files not found at {folder}")
-    return folder
+def test_region_report_findings_are_plain_numbers_flattened_into_to_dict():
+    r = RegionReport("s", (1.0, 2.0, 3.0, 4.0), 0.5, 3e-6, None,
+                     {"mitoses": np.int64(3), "tumour_mm2": np.float32(0.25)})
+    assert r.findings == {"mitoses": 3, "tumour_mm2": 0.25}
+    assert type(r.findings["mitoses"]) is int and type(r.findings["tumour_mm2"]) is float
+    d = r.to_dict()
+    assert d == {"slide_id": "s", "box": [1.0, 2.0, 3.0, 4.0], "mpp": 0.5, "region_mm2": 3e-6, "tissue_mm2": None,
+                 "mitoses": 3, "tumour_mm2": 0.25}
+    assert json.loads(json.dumps(d)) == d
+    with pytest.raises(Exception):
+        r.slide_id = "other"  # frozen
+    assert r == RegionReport("s", (1.0, 2.0, 3.0, 4.0), 0.5, 3e-6, None, {"mitoses": 3, "tumour_mm2": 0.25})
+    assert isinstance(hash(r), int)  # hashable despite the findings mapping
 
 
-def _reference_geometry(ncrf_json: Path) -> shapely.Geometry:
-    """The polygons' area the plain way: union of (made valid) positives minus union of negatives."""
-    data = json.loads(ncrf_json.read_text())
-    pos = shapely.union_all([shapely.make_valid(Polygon(p["vertices"])) for p in data["positive"]])
-    neg = shapely.union_all([shapely.make_valid(Polygon(p["vertices"])) for p in data["negative"]])
-    return pos.difference(neg)
+def test_region_report_refuses_findings_that_clash_or_are_not_numbers():
+    with pytest.raises(ValueError, match="overwrite the report's own fields"):
+        RegionReport("s", (0, 0, 1, 1), 1.0, 1e-6, None, {"mpp": 2.0})
+    with pytest.raises(TypeError, match="bool"):
+        RegionReport("s", (0, 0, 1, 1), 1.0, 1e-6, None, {"found": True})
+    with pytest.raises((TypeError, ValueError)):
+        RegionReport("s", (0, 0, 1, 1), 1.0, 1e-6, None, {"found": "many"})
 
 
-def _slide_grid(geom: shapely.Geometry, patch: int = 256, stride: int | None = None) -> PatchGrid:
-    _, _, maxx, maxy = geom.bounds
-    dims = (math.ceil(maxx / 256) * 256, math.ceil(maxy / 256) * 256)
-    return PatchGrid(dims, CAMELYON_MPP, 0.25, patch, stride or patch)
-
-
-def _mm2(px2: float, mpp: float = CAMELYON_MPP) -> float:
-    return px2 * (mpp * 1e-3) ** 2
-
-
-# ------------------------------------------------------------------------------------------------
-# tumour ground truth: CAMELYON16 polygons
-# ------------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def camelyon(shared_data):
-    xml = TumourOracle.from_folder(_ann(shared_data, "camelyon16_asap_xml"), mpp=CAMELYON_MPP)
-    js = TumourOracle.from_folder(_ann(shared_data, "camelyon16_ncrf_json"), "{slide}.json", mpp=CAMELYON_MPP)
-    refs = {s: _reference_geometry(shared_data / "annotations" / "camelyon16_ncrf_json" / f"{s}.json")
-            for s in SLIDES}
-    return {"xml": xml, "json": js}, refs
-
-
-@pytest.mark.parametrize("fmt", ["xml", "json"])
-@pytest.mark.parametrize("slide", SLIDES)
-def test_whole_slide_tumour_area_equals_the_polygons_area(camelyon, slide, fmt):
-    oracles, refs = camelyon
-    oracle, ref = oracles[fmt], refs[slide]
-    assert oracle.slides == list(SLIDES)
-    grid = _slide_grid(ref)  # 256 px at 0.25 µm/px on a 0.243 µm/px slide: fractional 263.4 px cells
-    frac = oracle.tumour_fraction(slide, grid)
-    assert frac.dtype == np.float32 and frac.shape == grid.shape
-    assert frac.min() >= 0 and frac.max() <= 1 and (frac == 1).any()
-    via_grid = float(frac.astype(np.float64).sum()) * grid.size0 ** 2
-    assert via_grid == pytest.approx(ref.area, rel=0.005)
-    assert via_grid == pytest.approx(ref.area, rel=1e-6)  # what the exact method actually achieves
-
-    w, h = grid.dimensions
-    report = oracle.region_report(slide, (0, 0, w, h))
-    assert isinstance(report, RegionReport)
-    assert report.tumour_mm2 == pytest.approx(_mm2(ref.area), rel=0.005)
-    assert report.tumour_mm2 == pytest.approx(_mm2(ref.area), rel=1e-9)
-    assert report.region_mm2 == pytest.approx(_mm2(w * h))
-    assert report.n_mitoses is None and report.tissue_mm2 is None
-    assert oracle.tumour_area_px(slide) == pytest.approx(ref.area, rel=1e-12)
-
-
-def test_xml_and_json_ground_truth_are_the_same_geometry(camelyon):
-    oracles, refs = camelyon
-    for s in SLIDES:
-        a, b = oracles["xml"].geometry(s), oracles["json"].geometry(s)
-        assert a.symmetric_difference(b).area <= 1e-9 * a.area
-        assert a.geom_type in ("Polygon", "MultiPolygon") and a.is_valid
-
-
-def test_cell_fractions_are_exact_on_an_overlapping_grid(camelyon):
-    """Stride 128 with 256-px cells: every cell's share equals shapely's own intersection area."""
-    oracles, refs = camelyon
-    ref = refs["Tumor_081"]
-    grid = _slide_grid(ref, patch=256, stride=128)
-    frac = oracles["xml"].tumour_fraction("Tumor_081", grid)
-    boxes = grid.cell_boxes()
-    rects = shapely.box(boxes[:, 0], boxes[:, 1], boxes[:, 0] + boxes[:, 2], boxes[:, 1] + boxes[:, 3])
-    hit = shapely.intersects(ref, rects)
-    want = np.zeros(len(boxes))
-    want[hit] = shapely.area(shapely.intersection(ref, rects[hit])) / grid.size0 ** 2
-    np.testing.assert_allclose(frac.ravel(), want, atol=1e-6)
-    assert 0 < ((want > 0) & (want < 1)).sum() < hit.sum()  # both boundary and interior cells exist
-
-
-def test_region_report_of_a_partial_box_and_a_box_without_tumour(camelyon):
-    oracles, refs = camelyon
-    ref = refs["Tumor_073"]
-    x0, y0, x1, y1 = ref.bounds
-    box = (x0, y0, (x1 - x0) / 2, (y1 - y0) / 2)
-    want = ref.intersection(shapely.box(box[0], box[1], box[0] + box[2], box[1] + box[3])).area
-    r = oracles["json"].region_report("Tumor_073", box, tissue_mm2=1.5)
-    assert r.tumour_mm2 == pytest.approx(_mm2(want), rel=1e-9)
-    assert r.tissue_mm2 == 1.5 and r.tumour_tissue_share == pytest.approx(r.tumour_mm2 / 1.5)
-    assert r.to_dict()["tumour_share"] == pytest.approx(want / (box[2] * box[3]))
-    assert oracles["json"].region_report("Tumor_073", (0, 0, 1000, 1000)).tumour_mm2 == 0
-
-
-# ------------------------------------------------------------------------------------------------
-# geometry rules, masks, missing files
-# ------------------------------------------------------------------------------------------------
-
-def test_groups_exclusions_and_invalid_polygons(tmp_path):
-    bowtie = [(0, 0), (100, 100), (100, 0), (0, 100)]  # self-crossing: two 2500 px² lobes
-    square = [(200, 0), (400, 0), (400, 200), (200, 200)]
-    overlap = [(300, 0), (500, 0), (500, 200), (300, 200)]  # half on top of the square
-    hole = [(220, 20), (260, 20), (260, 60), (220, 60)]
-    stray = [(0, 500), (50, 500), (50, 550)]
-    write_asap_xml(tmp_path / "s.xml", [("a", "_0", bowtie), ("b", "_1", square), ("c", "Tumor", overlap),
-                                        ("d", "_2", hole), ("e", "None", stray), ("f", "_0", [(1, 1), (2, 2)])])
-    o = TumourOracle.from_files({"s": tmp_path / "s.xml"})
-    # make_valid keeps both lobes of the bow-tie (buffer(0) would keep one); overlaps count once
-    assert o.tumour_area_px("s") == pytest.approx(5000 + 300 * 200 - 40 * 40)
-    assert o.geometry("s").is_valid
-    assert tumour_geometry([np.array(bowtie, float)]).area == pytest.approx(5000)
-    assert Polygon(bowtie).buffer(0).area == pytest.approx(2500)  # why buffer(0) is not used
-    custom = TumourOracle.from_files({"s": tmp_path / "s.xml"}, positive=["None"], exclusion=[])
-    assert custom.tumour_area_px("s") == pytest.approx(50 * 50 / 2)
-
-
-def test_mask_ground_truth_png_and_tiff(tmp_path):
-    import tifffile
-
-    mask = np.zeros((40, 60), np.uint8)
-    mask[5:20, 10:35] = 255
-    mask[30:, 50:] = 1
-    Image.fromarray(mask).save(tmp_path / "m1_mask.png")
-    tifffile.imwrite(tmp_path / "m2_mask.tif", mask)
-    rgb = np.zeros((40, 60, 3), np.uint8)
-    rgb[..., 1] = mask
-    Image.fromarray(rgb).save(tmp_path / "m3_mask.png")
-    o = TumourOracle.from_files({k: tmp_path / f"{k}_mask.{e}" for k, e in
-                                 (("m1", "png"), ("m2", "tif"), ("m3", "png"))}, mask_downsample=16, mpp=0.5)
-    area = (15 * 25 + 10 * 10) * 16 * 16
-    grid = PatchGrid((60 * 16, 40 * 16), 0.5, 0.5, 100, 100)  # 100-px cells across 16-px mask pixels
-    for s in ("m1", "m2", "m3"):
-        assert o.tumour_area_px(s) == area
-        assert float(o.tumour_fraction(s, grid).astype(np.float64).sum()) * 100 ** 2 == pytest.approx(area, rel=1e-6)
-        # a box cutting through mask pixels: exact partial-pixel area
-        got = o.region_report(s, (10 * 16 + 8, 5 * 16 + 4, 100, 50)).tumour_mm2
-        assert got == pytest.approx(100 * 50 * (0.5e-3) ** 2)
-    with pytest.raises(OracleError, match="m1_mask.png: a mask image needs mask_downsample"):
-        TumourOracle.from_files({"m1": tmp_path / "m1_mask.png"})
-    assert TumourOracle({"a": TumourMask(mask > 0, 16)}).tumour_area_px("a") == area
-
-
-def test_missing_files_unknown_slides_and_missing_mpp(tmp_path, shared_data):
-    folder = _ann(shared_data, "camelyon16_asap_xml")
-    with pytest.raises(OracleError, match=r"Normal_001.xml: ground-truth file of slide 'Normal_001' not found"):
-        TumourOracle.from_files({"Normal_001": folder / "Normal_001.xml"})
-    with pytest.raises(OracleError, match=r"no ground-truth file for slide\(s\) 'Normal_001'"):
-        TumourOracle.from_folder(folder, slides=["Tumor_001", "Normal_001"])
-    with pytest.raises(OracleError, match=r"no file matches '\{slide\}.geojson'"):
-        TumourOracle.from_folder(folder, "{slide}.geojson")
-    with pytest.raises(OracleError, match="no such ground-truth folder"):
-        TumourOracle.from_folder(tmp_path / "nope")
-    only = TumourOracle.from_folder(folder, slides=["Tumor_081"])
-    assert only.slides == ["Tumor_081"]
-    # a slide without a file is tumour-free
-    grid = PatchGrid((4096, 4096), 0.25, 0.25, 256, 256)
-    assert not only.tumour_fraction("Normal_001", grid).any()
-    assert only.region_report("Normal_001", (0, 0, 512, 512), mpp=0.25).tumour_mm2 == 0
-    with pytest.raises(OracleError, match="Tumor_081: resolution unknown"):
-        only.region_report("Tumor_081", (0, 0, 512, 512))
+def test_check_box():
+    assert check_box([1, 2, 3, 4], "s") == (1.0, 2.0, 3.0, 4.0)
+    assert all(type(v) is float for v in check_box(np.array([1, 2, 3, 4]), "s"))
+    with pytest.raises(OracleError, match=r"s: a region box is \(x, y, w, h\)"):
+        check_box((1, 2, 3), "s")
     with pytest.raises(OracleError, match="positive width"):
-        only.region_report("Tumor_081", (0, 0, 0, 512), mpp=0.25)
+        check_box((0, 0, 0, 5), "s")
+    with pytest.raises(OracleError, match="finite"):
+        check_box((0, np.nan, 5, 5), "s")
 
 
-@pytest.mark.parametrize("name, content, fragment", [
-    ("bad.xml", "<ASAP_Annotations><Annotations>", "not well-formed XML"),
-    ("bad.xml", "<Annotations/>", "root element is <Annotations>"),
-    ("bad.json", "{not json", "not valid JSON"),
-    ("bad.json", '{"positive": [{"name": "a", "vertices": [[1, 2, 3]]}]}', "vertices have shape"),
-    ("bad.json", '{"positive": [{"name": "a", "vertices": [["x", 2], [3, 4]]}]}', "not [x, y] numbers"),
-    ("bad.geojson", '{"type": "FeatureCollection"}', "without a 'features' list"),
-    ("bad.geojson", '[{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[1]]}}]',
-     "unreadable Polygon geometry"),
-    ("bad.png", "this is no image", "cannot read as a mask image"),
-    ("bad.txt", "whatever", "unknown ground-truth format"),
-])
-def test_malformed_ground_truth_raises_an_alkit_error_naming_the_file(tmp_path, name, content, fragment):
-    path = tmp_path / name
-    path.write_text(content)
-    with pytest.raises(AlkitError) as err:
-        TumourOracle.from_files({"s": path}, mask_downsample=4)
-    assert isinstance(err.value, OracleError)
-    assert str(path) in str(err.value) and fragment in str(err.value)
+def test_mpp_lookup_and_areas():
+    assert mpp_for(None, "a") is None
+    assert mpp_for(0.25, "a") == 0.25
+    assert mpp_for({"a": 0.5}, "a") == 0.5 and mpp_for({"a": 0.5}, "b") is None
+    assert require_mpp(0.3, {"a": 0.5}, "a") == 0.3  # the call wins
+    assert require_mpp(None, {"a": 0.5}, "a") == 0.5
+    with pytest.raises(OracleError, match="b: resolution unknown"):
+        require_mpp(None, {"a": 0.5}, "b")
+    with pytest.raises(OracleError, match="resolution unknown"):
+        require_mpp(0.0, None, "a")
+    assert px2_to_mm2(4000 ** 2, 0.25) == pytest.approx(1.0)
 
 
-# ------------------------------------------------------------------------------------------------
-# mitoses: SlideRunner and COCO
-# ------------------------------------------------------------------------------------------------
+def test_call_reader_turns_reader_errors_into_oracle_errors(tmp_path):
+    def missing(path):
+        raise FileNotFoundError(path)
 
-def _sql_counts(db: Path) -> dict[tuple[str, str], int]:
-    """(slide key, class) -> records, straight from SQL: deleted excluded, records with coordinates.
-    Keys follow the documented rule: file stem, or directory/stem where stems repeat."""
-    con = sqlite3.connect(db)
-    try:
-        a_cols = {r[1] for r in con.execute("PRAGMA table_info(Annotations)")}
-        s_cols = {r[1] for r in con.execute("PRAGMA table_info(Slides)")}
-        slides = {uid: (Path(f).stem, d) for uid, f, d in con.execute(
-            f"SELECT uid, filename, {'directory' if 'directory' in s_cols else 'NULL'} FROM Slides")}
-        stems = [s for s, _ in slides.values()]
-        key = {u: (f"{d}/{s}" if stems.count(s) > 1 else s) for u, (s, d) in slides.items()}
-        deleted = "AND a.deleted = 0" if "deleted" in a_cols else ""
-        rows = con.execute(f"""SELECT a.slide, c.name, COUNT(*) FROM Annotations a
-                               JOIN Classes c ON c.uid = a.agreedClass
-                               WHERE EXISTS (SELECT 1 FROM Annotations_coordinates k WHERE k.annoId = a.uid)
-                               {deleted} GROUP BY a.slide, c.name""").fetchall()
-    finally:
-        con.close()
-    out: dict[tuple[str, str], int] = {}
-    for slide, cls, n in rows:
-        out[(key[slide], cls)] = out.get((key[slide], cls), 0) + n
-    return out
+    def bad(path):
+        raise AnnotationFileError(f"{path}: broken")
+
+    with pytest.raises(OracleError, match="x.xml: no such file"):
+        call_reader(missing, tmp_path / "x.xml")
+    with pytest.raises(OracleError, match="x.xml: broken"):
+        call_reader(bad, tmp_path / "x.xml")
+    assert call_reader(lambda p, k: (p.name, k), Path("a.xml"), 3) == ("a.xml", 3)
+    assert issubclass(NotAnnotatedError, OracleError) and issubclass(OracleError, (AlkitError, ValueError))
 
 
-@pytest.mark.parametrize("db, classes", [
-    ("MITOS_WSI_CMC_TUPAC_stitched.sqlite", None),
-    ("SlideRunner_TUPAC.sqlite", None),
-    ("SlideRunner_demo.sqlite", {"1st class": MITOSIS, "2nd class": HARD_NEGATIVE}),
-])
-def test_sliderunner_counts_equal_plain_sql_counts(shared_data, db, classes):
-    path = _ann(shared_data, "sliderunner") / db
-    oracle = MitosisOracle.from_sliderunner(path, classes=classes)
-    sql = _sql_counts(path)
-    want_mit: dict[str, int] = {}
-    want_hard: dict[str, int] = {}
-    for (slide, cls), n in sql.items():
-        label = mitosis_label(cls, classes)
-        target = want_mit if label == MITOSIS else want_hard if label == HARD_NEGATIVE else None
-        if target is not None:
-            target[slide] = target.get(slide, 0) + n
-    assert sum(want_mit.values()) > 0
-    assert {s: len(oracle.mitoses(s)) for s in oracle.slides if len(oracle.mitoses(s))} == want_mit
-    assert {s: len(oracle.hard_negatives(s)) for s in oracle.slides if len(oracle.hard_negatives(s))} == want_hard
-
-
-def test_sliderunner_deleted_and_lookalikes(tmp_path):
-    anns = [SlideRunnerAnnotation("a.svs", 10, 10, "Mitotic figure"),
-            SlideRunnerAnnotation("a.svs", 20, 20, "Mitotic figure", deleted=True),
-            SlideRunnerAnnotation("a.svs", 30, 30, "Mitotic figure lookalike"),
-            SlideRunnerAnnotation("a.svs", 40, 40, "Mitotic figure lookalike", deleted=True),
-            SlideRunnerAnnotation("dir/b.tif", 50, 60, "Mitotic figure"),
-            SlideRunnerAnnotation("dir/b.tif", 5, 6, "Granulocyte")]
-    db = write_sliderunner(tmp_path / "m.sqlite", ["a.svs", "dir/b.tif"], anns)
-    o = MitosisOracle.from_sliderunner(db, mpp=0.25)
-    assert o.slides == ["a", "b"]
-    np.testing.assert_array_equal(o.mitoses("a"), [[10, 10]])
-    np.testing.assert_array_equal(o.hard_negatives("a"), [[30, 30]])
-    np.testing.assert_array_equal(o.mitoses("b"), [[50, 60]])
-    assert {k: v for k, v in _sql_counts(db).items()} == {("a", "Mitotic figure"): 1,
-                                                           ("a", "Mitotic figure lookalike"): 1,
-                                                           ("b", "Mitotic figure"): 1, ("b", "Granulocyte"): 1}
-    r = o.region_report("a", (0, 0, 31, 31))  # half-open: (30, 30) inside, (31, 31) would not be
-    assert (r.n_mitoses, r.n_hard_negatives, r.tumour_mm2) == (1, 1, None)
-    assert o.region_report("a", (0, 0, 30, 30)).n_hard_negatives == 0
-    grid = PatchGrid((48, 48), 0.25, 0.25, 16, 16)
-    np.testing.assert_array_equal(o.mitosis_count("a", grid), [[1, 0, 0], [0, 0, 0], [0, 0, 0]])
-    np.testing.assert_array_equal(o.mitosis_count("a", grid, hard_negatives=True), [[0, 0, 0], [0, 1, 0], [0, 0, 0]])
-    with pytest.raises(OracleError, match="knows mitoses only"):
-        o.tumour_fraction("a", grid)
-    text = tmp_path / "notes.sqlite"
-    text.write_text("not a database " * 50)
-    with pytest.raises(OracleError, match="notes.sqlite"):
-        MitosisOracle.from_sliderunner(text)
-    with pytest.raises(OracleError, match="absent.sqlite"):
-        MitosisOracle.from_sliderunner(tmp_path / "absent.sqlite")
-
-
-def test_coco_counts_from_midogpp_equal_direct_json_counts(shared_data):
-    path = _ann(shared_data, "midogpp") / "MIDOGpp.json"
-    data = json.loads(path.read_text())
-    oracle = MitosisOracle.from_coco(path)
-    cats = {c["id"]: c["name"] for c in data["categories"]}
-    stem = {im["id"]: Path(im["file_name"]).stem for im in data["images"]}
-    want: dict[tuple[str, str], int] = {}
-    for a in data["annotations"]:
-        k = (stem[a["image_id"]], cats[a["category_id"]])
-        want[k] = want.get(k, 0) + 1
-    got = {}
-    for s in oracle.slides:
-        if len(oracle.mitoses(s)):
-            got[(s, "mitotic figure")] = len(oracle.mitoses(s))
-        if len(oracle.hard_negatives(s)):
-            got[(s, "not mitotic figure")] = len(oracle.hard_negatives(s))
-    assert got == want
-    assert sum(len(oracle.mitoses(s)) for s in oracle.slides) == 11937
-    # MIDOG++ writes corners [x1, y1, x2, y2]: the point is the box middle
-    first = data["annotations"][0]
-    x1, y1, x2, y2 = first["bbox"]
-    pts = (oracle.mitoses if cats[first["category_id"]] == "mitotic figure" else oracle.hard_negatives)(
-        stem[first["image_id"]])
-    assert [(x1 + x2) / 2, (y1 + y2) / 2] in pts.tolist()
-
-
-def test_coco_standard_boxes_and_errors(tmp_path):
-    coco = {"images": [{"id": 7, "file_name": "slides/x.tiff", "width": 1000, "height": 800}],
-            "categories": [{"id": 1, "name": "Mitotic figure"}, {"id": 2, "name": "Lookalike"},
-                           {"id": 3, "name": "Tumour cell"}],
-            "annotations": [{"image_id": 7, "category_id": 1, "bbox": [900, 700, 50, 40]},
-                            {"image_id": 7, "category_id": 2, "bbox": [10, 20, 30, 40]},
-                            {"image_id": 7, "category_id": 3, "bbox": [1, 1, 2, 2]}]}
-    path = tmp_path / "c.json"
-    path.write_text(json.dumps(coco))
-    o = MitosisOracle.from_coco(path)
-    np.testing.assert_array_equal(o.mitoses("x"), [[925, 720]])
-    np.testing.assert_array_equal(o.hard_negatives("x"), [[25, 40]])
-    o2 = MitosisOracle.from_coco(path, classes={"Tumour cell": MITOSIS}, bbox_format="xywh")
-    assert len(o2.mitoses("x")) == 2
-    coco["annotations"][0]["image_id"] = 8
-    path.write_text(json.dumps(coco))
-    with pytest.raises(OracleError, match=r"c.json: annotation #0 refers to unknown image_id 8"):
-        MitosisOracle.from_coco(path)
-    path.write_text(json.dumps({"images": []}))
-    with pytest.raises(OracleError, match="c.json: not COCO-style JSON"):
-        MitosisOracle.from_coco(path)
-    with pytest.raises(OracleError, match="use 'mitosis', 'hard_negative' or None"):
-        MitosisOracle.from_coco(path, classes={"a": "tumour"})
-
-
-@pytest.mark.parametrize("name, label", [
-    ("Mitotic figure", MITOSIS), ("Mitosis", MITOSIS), ("mitotic figure", MITOSIS), ("MITOSES", MITOSIS),
-    ("Mitotic figure lookalike", HARD_NEGATIVE), ("not mitotic figure", HARD_NEGATIVE),
-    ("Non-mitotic figure", HARD_NEGATIVE), ("hard_negative", HARD_NEGATIVE), ("Imposter", HARD_NEGATIVE),
-    ("Granulocyte", None), ("1st class", None), (None, None),
-])
-def test_mitosis_label_rules(name, label):
-    assert mitosis_label(name) == label
-
-
-# ------------------------------------------------------------------------------------------------
-# synthetic cohort
-# ------------------------------------------------------------------------------------------------
-
-def test_synthetic_cohort_oracle_matches_the_manifest(tmp_path):
-    from alkit.synthetic import generate_cohort
-
-    cohort = generate_cohort(tmp_path, n_slides=2, size=2048, seed=1, n_caption_images=0, progress=False)
-    oracle = TumourOracle.from_synthetic(cohort)
-    assert isinstance(oracle, Oracle)
-    assert any(s.has_tumour for s in cohort.slides)
-    for s in cohort.slides:
-        grid = PatchGrid((s.width, s.height), s.mpp, 0.5, 128, 128)  # 256-px level-0 cells
-        frac = oracle.tumour_fraction(s.slide_id, grid)
-        area = float(frac.astype(np.float64).sum()) * grid.size0 ** 2
-        assert area == pytest.approx(s.tumour_area_px, rel=0.01, abs=1.0)
-        assert len(oracle.mitoses(s.slide_id)) == s.n_mitoses
-        assert len(oracle.hard_negatives(s.slide_id)) == s.n_lookalikes
-        assert int(oracle.mitosis_count(s.slide_id, grid).sum()) == s.n_mitoses
-        tissue_mm2 = s.tissue_area_px * (s.mpp * 1e-3) ** 2
-        r = oracle.region_report(s.slide_id, (0, 0, s.width, s.height), tissue_mm2)
-        assert r.tumour_mm2 == pytest.approx(s.tumour_area_px * (s.mpp * 1e-3) ** 2, rel=0.01, abs=1e-9)
-        assert r.n_mitoses == s.n_mitoses and r.n_hard_negatives == s.n_lookalikes
-        assert r.tumour_tissue_share == pytest.approx(s.tumour_fraction, rel=0.01, abs=1e-9)
-
-
-# ------------------------------------------------------------------------------------------------
-# annotator round trip
-# ------------------------------------------------------------------------------------------------
-
-def _rect(b):
-    x, y, w, h = b
-    return shapely.box(x, y, x + w, y + h)
-
-
-def test_annotator_round_trip_qupath_and_asap(tmp_path, camelyon):
-    """Regions go out as QuPath GeoJSON / ASAP XML; the annotator draws the true tumour (a little past
-    the region edges, as people do), an exclusion, a stray polygon and points; the drawings come back
-    as an oracle whose reports equal the truth inside the regions."""
-    _, refs = camelyon
-    picks = []
-    for slide in ("Tumor_081", "Tumor_073"):
-        x0, y0, x1, y1 = refs[slide].bounds
-        picks.append(RegionPick(slide, (int(x0) - 200, int(y0) - 200, 1024, 1024), "prototype", "tumour", 0.9))
-        picks.append(RegionPick(slide, (int(x1) - 600, int(y1) - 500, 1024, 1024), "prototype", "tumour", 0.8))
-    out = tmp_path / "selection"
-    (out / "regions.json").parent.mkdir(parents=True)
-    (out / "regions.json").write_text(json.dumps([p.to_dict() for p in picks]))
-    drawings = tmp_path / "drawings"
-    truth_in: dict[str, shapely.Geometry] = {}
-    exclusion = {}
-    for slide in ("Tumor_081", "Tumor_073"):
-        boxes = [p.box for p in picks if p.slide == slide]
-        reach = shapely.union_all([_rect(b).buffer(150, join_style="mitre") for b in boxes])
-        drawn = refs[slide].intersection(reach)  # the annotator outlines tumour a bit past the region edges
-        bx, by, _, _ = boxes[0]
-        exclusion[slide] = shapely.box(bx + 300, by + 300, bx + 340, by + 380)
-        stray = _rect((bx - 5000, by - 5000, 400, 400))  # far outside any region: must not count
-        truth_in[slide] = drawn.difference(exclusion[slide]).intersection(
-            shapely.union_all([_rect(b) for b in boxes]))
-        mit_inside = (bx + 10.0, by + 10.0)
-        mit_outside = (bx - 10.0, by - 10.0)
-        if slide == "Tumor_081":
-            # QuPath: the imported region rectangles come back too (class "tumour"!), as a list of features
-            exported = regions_geojson([p for p in picks if p.slide == slide])["features"]
-            feats = [QuPathFeature(drawn, "Tumor", "tumour"), QuPathFeature(exclusion[slide], "Ignore*"),
-                     QuPathFeature(stray, "Tumor"), QuPathFeature(shapely.MultiPoint([mit_inside, mit_outside]),
-                                                                  "Mitosis"),
-                     QuPathFeature(shapely.Point(bx + 20, by + 20), "Mitotic figure lookalike")]
-            path = write_qupath_geojson(drawings / f"{slide}.geojson", feats, feature_collection=False)
-            data = json.loads(path.read_text())
-            path.write_text(json.dumps(exported + data))
-        else:
-            anns = [(f"region {i}", "tumour", np.asarray(_rect(b).exterior.coords)[:-1]) for i, b in enumerate(boxes)]
-            for i, part in enumerate(getattr(drawn, "geoms", [drawn])):
-                anns.append((f"tumour {i}", "Tumor", np.asarray(part.exterior.coords)[:-1]))
-            anns.append(("excl", "_2", np.asarray(exclusion[slide].exterior.coords)[:-1]))
-            anns.append(("stray", "Tumor", np.asarray(stray.exterior.coords)[:-1]))
-            anns.append(("m", "mitotic figure", np.array([mit_inside])))
-            path = write_asap_xml(drawings / f"{slide}.xml", anns)
-            # the point as an ASAP dot (the writer gives every annotation one type)
-            text = path.read_text().replace('Type="Polygon" PartOfGroup="mitotic figure"',
-                                            'Type="Dot" PartOfGroup="mitotic figure"')
-            path.write_text(text)
-            write_asap_xml(drawings / f"{slide}_extra.xml", anns)  # no regions for "Tumor_073_extra": ignored
-
-    oracle = AnnotationOracle.from_drawings(drawings, out / "regions.json", mpp=CAMELYON_MPP)
-    assert isinstance(oracle, Oracle)
-    for slide in ("Tumor_081", "Tumor_073"):
-        assert oracle.geometry(slide).symmetric_difference(truth_in[slide]).area <= 1e-6 * truth_in[slide].area
-        for p in (p for p in picks if p.slide == slide):
-            want = truth_in[slide].intersection(_rect(p.box)).area
-            assert want > 0
-            r = oracle.region_report(slide, p.box)
-            assert r.tumour_mm2 == pytest.approx(_mm2(want), rel=1e-6)
-            # the same as the simulated oracle inside the region, less the drawn exclusion
-            sim = TumourOracle({slide: refs[slide]}, mpp=CAMELYON_MPP).region_report(slide, p.box)
-            excl = refs[slide].intersection(exclusion[slide]).intersection(_rect(p.box)).area
-            assert r.tumour_mm2 == pytest.approx(sim.tumour_mm2 - _mm2(excl), rel=1e-6)
-        first = next(p for p in picks if p.slide == slide)
-        assert oracle.region_report(slide, first.box).n_mitoses == 1
-        regions = shapely.union_all([_rect(p.box) for p in picks if p.slide == slide])
-        grid = _slide_grid(refs[slide].union(regions))
-        frac = oracle.tumour_fraction(slide, grid)
-        assert float(frac.astype(np.float64).sum()) * grid.size0 ** 2 == pytest.approx(truth_in[slide].area, rel=1e-6)
-        seen = oracle.annotated_fraction(slide, grid)
-        assert float(seen.astype(np.float64).sum()) * grid.size0 ** 2 == pytest.approx(regions.area, rel=1e-6)
-        np.testing.assert_array_equal(oracle.regions(slide), [p.box for p in picks if p.slide == slide])
-        x0, y0, _, _ = refs[slide].bounds
-        with pytest.raises(NotAnnotatedError, match="not inside the annotated regions"):
-            oracle.region_report(slide, (x0 + 500, y0 + 500, 1024, 1024))
-    assert len(oracle.hard_negatives("Tumor_081")) == 1
-    # the exported ASAP regions, written back by the tool, are recognised as outlines too
-    assert oracle.region_report("Tumor_073", picks[2].box).tumour_share < 1
-
-
-def test_drawings_missing_and_region_inputs(tmp_path):
-    (tmp_path / "d").mkdir()
-    regions = {"s1": [(0, 0, 100, 100)], "s2": [(0, 0, 50, 50), (50, 0, 50, 50)]}
-    write_qupath_geojson(tmp_path / "d" / "s1.geojson", [(shapely.box(-50, -50, 50, 50), "Tumour")])
-    with pytest.raises(OracleError, match=r"no drawings for slide 's2'"):
-        AnnotationOracle.from_drawings(tmp_path / "d", regions)
-    o = AnnotationOracle.from_drawings(tmp_path / "d", regions, allow_missing=True, mpp=1.0)
-    assert o.tumour_area_px("s1") == pytest.approx(2500)  # clipped to the region
-    assert o.tumour_area_px("s2") == 0
-    assert o.region_report("s2", (0, 0, 100, 50)).tumour_mm2 == 0  # inside the union of two regions
-    picks = [RegionPick("s1", (0, 0, 100, 100), "random")]
-    assert load_regions(picks)["s1"].tolist() == [[0, 0, 100, 100]]
-    (tmp_path / "r.json").write_text('[{"slide": "s1", "x": 0}]')
-    with pytest.raises(OracleError, match=r"r.json: region #0 lacks slide/x/y/w/h"):
-        load_regions(tmp_path / "r.json")
-    write_ncrf_json(tmp_path / "d" / "s2.json", [("t", [(0, 0), (100, 0), (100, 50), (0, 50)])],
-                    [("n", [(10, 10), (20, 10), (20, 20), (10, 20)])])
-    o2 = AnnotationOracle.from_drawings(tmp_path / "d", regions)
-    assert o2.tumour_area_px("s2") == pytest.approx(100 * 50 - 100)
-    (tmp_path / "d" / "s1.geojson").write_text('{"type": "Feature", "geometry": {"type": "Polygon"}}')
-    with pytest.raises(OracleError, match="s1.geojson: feature #0 has an unreadable Polygon geometry"):
-        AnnotationOracle.from_drawings(tmp_path / "d", regions)
-
-
-def test_protocol_membership():
-    assert isinstance(TumourOracle({}), Oracle)
-    assert isinstance(MitosisOracle({}), Oracle)
-    assert isinstance(AnnotationOracle({}, {}), Oracle)
-
-
-def test_from_synthetic_on_a_folder_that_is_not_a_cohort(tmp_path):
+def test_load_synthetic_cohort_on_a_folder_that_is_not_a_cohort(tmp_path):
     with pytest.raises(OracleError, match="not a synthetic cohort"):
-        TumourOracle.from_synthetic(tmp_path)
+        load_synthetic_cohort(tmp_path)
+
+
+def test_the_protocol_is_one_method():
+    class Minimal:
+        def region_report(self, slide_id, box, tissue_mm2=None, *, mpp=None):
+            x, y, w, h = check_box(box, slide_id)
+            return RegionReport(slide_id, (x, y, w, h), mpp, px2_to_mm2(w * h, mpp), tissue_mm2, {})
+
+    assert isinstance(Minimal(), Oracle)
+    assert not isinstance(object(), Oracle)

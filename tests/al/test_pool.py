@@ -27,8 +27,12 @@ def test_pool_saves_every_change_and_reloads(tmp_path):
     again = LabeledPool.open(path)
     assert again.regions == pool.regions and again.cycle_metrics == {0: {"miou_tumour": 0.4}}
     assert again.labeled() == {"a": [(0, 0, 100, 100)], "b": [(50, 50, 100, 100)]}
-    used = again.budget_used(total_tissue_mm2=3.0, total_tumour_mm2=0.2)
-    assert used["regions"] == 2 and used["tissue_pct"] == pytest.approx(25.0) and used["tumour_pct"] == pytest.approx(50)
+    used = again.budget_used(total_tissue_mm2=3.0)
+    assert used["regions"] == 2 and used["tissue_pct"] == pytest.approx(25.0)
+    assert again.total("tumour_mm2") == pytest.approx(0.1) and again.total("mitoses") == 0
+    # findings sit beside the box in the region's JSON record, and come back as findings
+    assert json.loads(path.read_text())["regions"][0]["tumour_mm2"] == 0.1
+    assert again.regions[0].findings == {"tumour_mm2": 0.1}
     assert not list(tmp_path.glob(".*tmp*"))
 
 

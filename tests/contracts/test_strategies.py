@@ -24,18 +24,21 @@ def _prototypes_from(cohort) -> PrototypeSet:
 
 
 class _SimilarityTask:
-    """A stand-in trained model for the contract: tumour probability = similarity to class "a"."""
+    """A stand-in trained task for the contract: tumour probability = similarity to class "a"."""
+
+    name = "similarity"
+    mc_dropout = True
 
     def __init__(self, prototypes: PrototypeSet):
         self.prototypes = prototypes
 
-    def predict_proba(self, store):
+    def probabilities(self, slide):
         from alkit.prototypes.maps import similarity_map
 
-        return similarity_map(store, self.prototypes["a"])
+        return similarity_map(slide.store(), self.prototypes["a"])
 
-    def predict_mc(self, store, samples):
-        base = self.predict_proba(store)
+    def mc_probabilities(self, slide, samples):
+        base = self.probabilities(slide)
         return np.stack([np.clip(base * (0.9 + 0.02 * i), 0, 1) for i in range(samples)])
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from alkit.prototypes.maps import similarity_map, similarity_map_from_file, similarity_maps, similarity_maps_from_file
-from alkit.prototypes.crops import (FIELD_UM, build_mitosis_prototypes, centre_boxes, figure_box, figure_boxes,
+from alkit.prototypes.crops import (FIELD_UM, build_crop_prototypes, centre_boxes, figure_box, figure_boxes,
                                       side_for_mpp, synthetic_mitosis_boxes)
 from alkit.embeddings.store import EmbeddingStore, StoreHeader, write_store
 from conftest import mitosis_cohort
@@ -113,7 +113,7 @@ def synthetic_mito(tmp_path_factory):
     cohort, stores, oracle = mitosis_cohort(tmp_path_factory.mktemp("mito"), n_slides=2, n_caption_images=120)
     db = load_arch_set(cohort.captions_json.parent)
     boxes = synthetic_mitosis_boxes(cohort.captions_truth)
-    prototypes = build_mitosis_prototypes(db, sorted(boxes), get_encoder("handcrafted"), boxes=boxes)
+    prototypes = build_crop_prototypes(db, sorted(boxes), get_encoder("handcrafted"), name="mitosis", boxes=boxes)
     return {"cohort": cohort, "db": db, "stores": Cohort.from_stores(stores), "prototypes": prototypes,
             "oracle": oracle}
 

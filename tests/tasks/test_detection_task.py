@@ -1,4 +1,4 @@
-"""The detection loop end to end on real synthetic slides: point oracle, RetinaNet training, F1 on test
+"""The detection task in the loop end to end on real synthetic slides: point oracle, RetinaNet training, F1 on test
 slides, threshold choice, annotated-mitoses ratio, uncertainty acquisition on the detector's map, resume."""
 
 from __future__ import annotations
@@ -10,7 +10,15 @@ import math
 import numpy as np
 import pytest
 
+from alkit.al.loop import ActiveLearningLoop
+from alkit.al.pool import LabeledPool
+from alkit.al.uncertainty import acquisition_map
+from alkit.embeddings.store import StoreHeader
+from alkit.selection.strategy import Budget, get_strategy
+from alkit.tasks.detection.detector import MitosisDetectorModel
+from alkit.tasks.detection.examples import DetectionExample
 from alkit.tasks.detection.metrics import points_in_boxes
+from alkit.tasks.detection.task import DetectionTask
 from conftest import mitosis_cohort, on_tissue_count
 
 TINY = dict(mpp=0.5, patch=64, fpn_channels=32, patches_per_epoch=6, patches_per_epoch_small=6, max_epochs=1,
@@ -27,21 +35,16 @@ def mito_cohort(tmp_path_factory):
 
 
 def _loop(mito_cohort, pool_path, cycles=2, validation=None, seed=0):
-    from alkit.tasks.detection.loop import DetectionLoop
-    from alkit.al.pool import LabeledPool
-    from alkit.selection.strategy import Budget, get_strategy
-    from alkit.tasks import MitosisDetectorTask
-
-    task = MitosisDetectorTask(seed=seed, **TINY)
-    return DetectionLoop(mito_cohort["train"], get_strategy("random"), get_strategy("uncertainty"), task,
-                         mito_cohort["oracle"], Budget(n=1, size=512), cycles, LabeledPool.open(pool_path),
-                         test_cohort=mito_cohort["test"], validation_cohort=validation, seed=seed)
+    task = DetectionTask(mito_cohort["oracle"], MitosisDetectorModel(seed=seed, **TINY))
+    return ActiveLearningLoop(task, mito_cohort["train"], get_strategy("random"), get_strategy("uncertainty"),
+                              Budget(n=1, size=512), cycles, LabeledPool.open(pool_path),
+                              test_cohort=mito_cohort["test"], validation_cohort=validation, seed=seed)
 
 
 def test_detection_loop_labels_trains_evaluates_acquires_and_resumes(mito_cohort, tmp_path, caplog):
     oracle, train, test = mito_cohort["oracle"], mito_cohort["train"], mito_cohort["test"]
     loop = _loop(mito_cohort, tmp_path / "pool.json")
-    with caplog.at_level(logging.WARNING, logger="alkit.tasks.detection.loop"):
+    with caplog.at_level(logging.WARNING, logger="alkit.tasks.detection.task"):
         results = loop.run()
     assert "no validation slides" in caplog.text
     assert [r.cycle for r in results] == [0, 1]
@@ -49,7 +52,7 @@ def test_detection_loop_labels_trains_evaluates_acquires_and_resumes(mito_cohort
     assert sorted(r.cycle for r in regions) == [0, 0, 1, 1]  # one region per slide per cycle
     assert {r.strategy for r in regions if r.cycle == 1} == {"uncertainty"}
     for r in regions:  # the annotator's counts are the oracle's points inside the region
-        assert (r.mitoses, r.hard_negatives) == oracle.counts_in(r.slide, r.box)
+        assert (r.findings["mitoses"], r.findings["hard_negatives"]) == oracle.counts_in(r.slide, r.box)
 
     test_mitoses = sum(on_tissue_count(s, oracle.mitoses(s.slide_id)) for s in test)
     assert test_mitoses > 0
@@ -79,13 +82,8 @@ def test_detection_loop_labels_trains_evaluates_acquires_and_resumes(mito_cohort
 
 def test_detector_map_for_acquisition(mito_cohort):
     """The detector's per-cell map: best score per cell in [0, 1], zero off tissue; entropy ranks it."""
-    from alkit.tasks.detection.loop import DetectionLoop  # noqa: F401 - the loop binds this task to acquisition
-    from alkit.embeddings.store import StoreHeader
-    from alkit.tasks import DetectionExample, MitosisDetectorTask
-    from alkit.al.uncertainty import acquisition_map
-
     oracle, (slide, other) = mito_cohort["oracle"], list(mito_cohort["train"])
-    task = MitosisDetectorTask(seed=1, **TINY)
+    task = MitosisDetectorModel(seed=1, **TINY)
     pts = oracle.mitoses(slide.slide_id)
     summary = task.fit([
         DetectionExample(slide.slide_id, slide.slide_path, [[0, 0, 2048, 2048]], pts,
@@ -108,10 +106,12 @@ def test_detector_map_for_acquisition(mito_cohort):
         best[(r, c)] = max(best.get((r, c), 0.0), float(s))
     assert {k: pytest.approx(v) for k, v in best.items()} == {tuple(k): float(smap[tuple(k)])
                                                               for k in np.argwhere(smap > 0)}
-    unc = acquisition_map(task, header, "entropy")
+    detection = DetectionTask(oracle, task)  # the task hands the model's map to acquisition
+    np.testing.assert_array_equal(detection.probabilities(slide), smap)
+    unc = acquisition_map(detection, slide, valid, "entropy")
     assert unc.shape == smap.shape and (unc[smap == 0] == 0).all()
     with pytest.raises(NotImplementedError, match="bald"):
-        acquisition_map(task, header, "bald", mc_samples=4)
+        acquisition_map(detection, slide, valid, "bald", mc_samples=4)
 
 
 def test_threshold_on_validation_slides(mito_cohort, tmp_path):
@@ -121,8 +121,6 @@ def test_threshold_on_validation_slides(mito_cohort, tmp_path):
 
 
 def test_scoring_counts_points_on_tissue_cells_only(mito_cohort, tmp_path):
-    from alkit.embeddings.store import StoreHeader
-
     slide = next(iter(mito_cohort["test"]))
     grid, coords = slide.grid, StoreHeader.load(slide.store_path).coords
     valid = StoreHeader.load(slide.store_path).embedded_mask()
@@ -132,5 +130,5 @@ def test_scoring_counts_points_on_tissue_cells_only(mito_cohort, tmp_path):
     points = np.array([[c_on * s + 1, r_on * s + 1], [c_off * s + s / 2, r_off * s + s / 2], [-5, 10],
                        [grid.dimensions[0] + 3, 0], [c_on * s + s - 0.5, r_on * s + s - 0.5]])
     loop = _loop(mito_cohort, tmp_path / "pool.json")
-    assert loop.on_tissue(slide, points).tolist() == [True, False, False, False, True]
-    assert loop.on_tissue(slide, np.zeros((0, 2))).shape == (0,)
+    assert loop.task.on_tissue(slide, points).tolist() == [True, False, False, False, True]
+    assert loop.task.on_tissue(slide, np.zeros((0, 2))).shape == (0,)

@@ -11,7 +11,9 @@ import yaml
 from mlflow import MlflowClient
 
 from alkit.cli import main
-from alkit.study.compare import ConfigError, load_config, run_study, summarise_study
+from alkit.study.config import ConfigError, load_config
+from alkit.study.run import run_study
+from alkit.study.summary import summarise_study
 from alkit.study.demo import demo_config
 from conftest import on_tissue_count
 
@@ -59,7 +61,7 @@ def test_invalid_configs_fail_before_any_work_naming_the_key(demo_study, tmp_pat
         ("selector", "best", "key 'selector'"),
         ("loop.cycles", 0, "key 'loop.cycles' must be >= 1"),
         ("task", {"kind": "tracking"}, "key 'task.kind' must be one of ['segmentation', 'detection']"),
-        ("task", {"epochs": 3}, "key 'task' has unknown parameter(s) ['epochs'] for PatchClassifierTask"),
+        ("task", {"epochs": 3}, "key 'task' has unknown parameter(s) ['epochs'] for task 'segmentation'"),
         ("cohort.validation_slides", base["cohort"]["test_slides"], "used by task.kind 'detection' only"),
         ("cohort.ground_truth", {"sliderunner": "x.sqlite"}, "for task.kind 'detection'"),
         ("prototypes", None, "key 'prototypes' is required"),
@@ -189,7 +191,7 @@ def test_detection_configs_are_validated(detection_study, tmp_path):
         ("cohort.ground_truth", {"folder": str(tmp_path)}, "no SlideRunner database matches"),
         ("cohort.ground_truth", {"sliderunner": base["cohort"]["ground_truth"]["sliderunner"],
                                  "classes": {"Mitotic figure": "yes"}}, "key 'cohort.ground_truth.classes'"),
-        ("task", {"kind": "detection", "fpn": 3}, "unknown parameter(s) ['fpn'] for MitosisDetectorTask"),
+        ("task", {"kind": "detection", "fpn": 3}, "unknown parameter(s) ['fpn'] for task 'detection'"),
     ]
     for key, value, message in cases:
         with pytest.raises(ConfigError) as err:
@@ -199,7 +201,7 @@ def test_detection_configs_are_validated(detection_study, tmp_path):
 
 def test_detection_study_is_tracked_and_summarised(detection_study, synthetic_cohort, tmp_path):
     from alkit.embeddings.cohort import Cohort
-    from alkit.al.oracle import MitosisOracle
+    from alkit.tasks.detection.oracle import MitosisOracle
     from alkit.prototypes.prototype_set import PrototypeSet
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -237,7 +239,7 @@ def test_detection_study_is_tracked_and_summarised(detection_study, synthetic_co
 
 
 def test_numeric_metrics_flatten_one_level_for_mlflow():
-    from alkit.study.compare import numeric_metrics
+    from alkit.study.run import numeric_metrics
 
     got = numeric_metrics({"f1": 0.5, "tp": 3, "where": "validation", "ok": True, "none": None,
                            "f1_per_slide": {"a b": 0.25, "c:d": None, "e(1)": 1}})

@@ -1,4 +1,4 @@
-"""The patch-classification task: real Lightning training on the embedded synthetic cohort.
+"""The patch classifier (:class:`PatchClassifierModel`): real Lightning training on the embedded synthetic cohort.
 
 Ground truth per cell is the share of the cell covered by the slide's ASAP tumour polygons
 (rasterised here with shapely); a cell is tumour at >= 0.5. Regions are 4 x 4-cell blocks.
@@ -13,12 +13,16 @@ import pytest
 import shapely
 import torch
 
+from alkit.al.uncertainty import uncertainty_map
 from alkit.annotations.asap import read_asap_xml
 from alkit.embeddings.encoders import get_encoder
-from alkit.tasks.segmentation.metrics import evaluate_slide, summarise
 from alkit.selection.regions import boxes_overlap, select_standard
-from alkit.tasks import BalancedSampler, LabeledCells, PatchClassifierTask, default_augmentation, split_by_region
-from alkit.al.uncertainty import acquisition_map
+from alkit.tasks.segmentation.classifier import PatchClassifierModel
+from alkit.tasks.segmentation.dataset import default_augmentation
+from alkit.tasks.segmentation.examples import LabeledCells
+from alkit.tasks.segmentation.metrics import evaluate_slide, summarise
+from alkit.tasks.segmentation.sampler import BalancedSampler
+from alkit.tasks.segmentation.split import split_by_region
 
 # leave-one-tumour-slide-out: train on one tumour slide + one tumour-free slide, test on the other two
 FOLDS = [(("synth_002", "synth_000"), ("synth_003", "synth_001")),
@@ -64,7 +68,7 @@ def _valid(store) -> np.ndarray:
 @pytest.fixture(scope="module")
 def fitted(embedded_cohort, truth):
     """A task trained on fold 0 (shared by the inference tests)."""
-    task = PatchClassifierTask(seed=0, max_epochs=20)
+    task = PatchClassifierModel(seed=0, max_epochs=20)
     task.fit(_examples(embedded_cohort, truth, FOLDS[0][0]))
     return task
 
@@ -79,7 +83,7 @@ def test_learns_tumour_on_unseen_slides(embedded_cohort, truth):
     """Measured over seeds 0-9: mIoU 0.43-0.80 (0.47 at seed 0), tumour-free FPR <= 0.02; chance < 0.08."""
     results, prevalence = [], []
     for train_ids, test_ids in FOLDS:
-        task = PatchClassifierTask(seed=0)
+        task = PatchClassifierModel(seed=0)
         summary = task.fit(_examples(embedded_cohort, truth, train_ids))
         assert summary["n_train"] + summary["n_val"] == sum(len(embedded_cohort.slide(s).store().coords)
                                                             for s in train_ids)
@@ -109,10 +113,10 @@ def test_deterministic_with_a_seed_and_leaves_global_rng_alone(embedded_cohort, 
     store = embedded_cohort.slide("synth_003").store()
     torch.manual_seed(123)
     before = torch.get_rng_state()
-    s1, p1 = _fit_predict(PatchClassifierTask(seed=5, max_epochs=8, min_epochs=2), examples, store)
+    s1, p1 = _fit_predict(PatchClassifierModel(seed=5, max_epochs=8, min_epochs=2), examples, store)
     assert torch.equal(torch.get_rng_state(), before)  # the caller's RNG is untouched
-    s2, p2 = _fit_predict(PatchClassifierTask(seed=5, max_epochs=8, min_epochs=2), examples, store)
-    s3, p3 = _fit_predict(PatchClassifierTask(seed=6, max_epochs=8, min_epochs=2), examples, store)
+    s2, p2 = _fit_predict(PatchClassifierModel(seed=5, max_epochs=8, min_epochs=2), examples, store)
+    s3, p3 = _fit_predict(PatchClassifierModel(seed=6, max_epochs=8, min_epochs=2), examples, store)
     assert s1 == s2 and np.array_equal(p1, p2)
     assert not np.array_equal(p1, p3)
 
@@ -121,13 +125,13 @@ def test_fresh_model_and_trainer_every_fit(embedded_cohort, truth):
     a = _examples(embedded_cohort, truth, FOLDS[0][0])
     b = _examples(embedded_cohort, truth, FOLDS[1][0])
     store = embedded_cohort.slide("synth_002").store()
-    task = PatchClassifierTask(seed=1, max_epochs=5)
+    task = PatchClassifierModel(seed=1, max_epochs=5)
     task.fit(a)
     first_trainer, first_model = task.trainer, task.model
     _, p_after_a = _fit_predict(task, b, store)
     assert task.trainer is not first_trainer and task.model is not first_model
     assert task.trainer.current_epoch == task.summary["epochs"] <= 5
-    _, p_fresh = _fit_predict(PatchClassifierTask(seed=1, max_epochs=5), b, store)
+    _, p_fresh = _fit_predict(PatchClassifierModel(seed=1, max_epochs=5), b, store)
     assert np.array_equal(p_after_a, p_fresh)  # nothing of the first fit carried over
 
 
@@ -160,7 +164,7 @@ def test_split_holds_out_whole_regions():
 def test_region_ids_are_per_slide(embedded_cohort, truth):
     """Region 0 of two slides is two regions: the split never merges them."""
     examples = _examples(embedded_cohort, truth, ["synth_000", "synth_002"])
-    task = PatchClassifierTask(seed=0, max_epochs=2)
+    task = PatchClassifierModel(seed=0, max_epochs=2)
     summary = task.fit(examples)
     per_slide = sum(len(np.unique(e.region_ids)) for e in examples)
     assert summary["n_train_regions"] + summary["n_val_regions"] == per_slide
@@ -180,7 +184,7 @@ def test_balanced_sampler():
 
 
 def test_training_batches_are_class_balanced(embedded_cohort, truth):
-    task = PatchClassifierTask(seed=0, max_epochs=3, val_fraction=0.0, batch_size=64)
+    task = PatchClassifierModel(seed=0, max_epochs=3, val_fraction=0.0, batch_size=64)
     summary = task.fit(_examples(embedded_cohort, truth, FOLDS[0][0]))
     assert summary["n_train_tumour"] < summary["n_train_normal"] / 10  # heavily imbalanced labels ...
     assert abs(summary["sampled_tumour"] - summary["sampled_normal"]) <= 3  # ... balanced batches
@@ -195,22 +199,22 @@ def test_mc_dropout_samples_differ_and_bald_map_is_finite(fitted, embedded_cohor
     assert np.abs(mc[0] - mc[1])[valid].max() > 1e-4  # dropout is active
     assert np.array_equal(mc, fitted.predict_mc(store, samples=8))  # seeded: repeatable
     assert np.array_equal(fitted.predict_proba(store), fitted.predict_proba(store))  # eval: deterministic
-    bald_map = acquisition_map(fitted, store, "bald", mc_samples=8)
+    bald_map = uncertainty_map("bald", mc, valid, mc=True)
     assert bald_map.dtype == np.float32 and np.isfinite(bald_map).all()
     assert np.all(bald_map >= 0) and np.all(bald_map[~valid] == 0) and bald_map[valid].max() > 0
-    entropy_map = acquisition_map(fitted, store, "entropy")
+    entropy_map = uncertainty_map("entropy", fitted.predict_proba(store), valid)
     assert np.all(entropy_map[~valid] == 0) and entropy_map.max() <= np.log(2) + 1e-6
     # the map goes through a selector with a labeled region excluded
     best = select_standard(entropy_map, 4, 1)[0]
     pick = select_standard(entropy_map, 4, 1, labeled=[best])
     assert pick and not boxes_overlap(pick[0], best)
-    with pytest.raises(ValueError, match="mc_samples"):
-        acquisition_map(fitted, store, "bald")
+    with pytest.raises(ValueError, match="bald needs"):
+        uncertainty_map("bald", fitted.predict_proba(store), valid)
 
 
 def test_training_is_quiet_by_default(embedded_cohort, truth, capfd):
     examples = _examples(embedded_cohort, truth, FOLDS[0][0])
-    PatchClassifierTask(seed=0, max_epochs=2).fit(examples)
+    PatchClassifierModel(seed=0, max_epochs=2).fit(examples)
     out, err = capfd.readouterr()
     assert out == "" and "GPU available" not in err and "Tip" not in err and "%" not in err
 
@@ -221,8 +225,8 @@ def test_early_stopping_keeps_the_best_held_out_epoch(embedded_cohort, truth, tm
 
     from pytorch_lightning.loggers import CSVLogger
 
-    task = PatchClassifierTask(seed=0, max_epochs=40, min_epochs=3, patience=2,
-                               logger=CSVLogger(tmp_path, name="run"))
+    task = PatchClassifierModel(seed=0, max_epochs=40, min_epochs=3, patience=2,
+                                logger=CSVLogger(tmp_path, name="run"))
     summary = task.fit(_examples(embedded_cohort, truth, FOLDS[0][0]))
     with open(tmp_path / "run" / "version_0" / "metrics.csv") as fh:
         rows = [r for r in csv.DictReader(fh) if r.get("val_loss")]
@@ -238,11 +242,11 @@ def test_early_stopping_keeps_the_best_held_out_epoch(embedded_cohort, truth, tm
 
 def test_errors(embedded_cohort, truth, fitted):
     with pytest.raises(RuntimeError, match="fit"):
-        PatchClassifierTask().predict_proba(embedded_cohort.slides[0].store())
+        PatchClassifierModel().predict_proba(embedded_cohort.slides[0].store())
     with pytest.raises(ValueError, match="mode"):
-        PatchClassifierTask(mode="linear")
+        PatchClassifierModel(mode="linear")
     with pytest.raises(ValueError, match="one device"):
-        PatchClassifierTask(devices=2)
+        PatchClassifierModel(devices=2)
     with pytest.raises(ValueError, match="labels must be 0"):
         LabeledCells("s", "x.h5", [[0, 0]], [2], [0])
     with pytest.raises(ValueError, match="must match"):
@@ -250,7 +254,7 @@ def test_errors(embedded_cohort, truth, fitted):
     store = embedded_cohort.slide("synth_000").store()
     empty = [LabeledCells("synth_000", store.path, np.zeros((0, 2)), [], [], store=store)]
     with pytest.raises(ValueError, match="nothing to train on"):
-        PatchClassifierTask().fit(empty)
+        PatchClassifierModel().fit(empty)
     other = dataclasses.replace(store, attrs={**store.attrs, "encoder": "resnet18"})
     with pytest.raises(ValueError, match="trained on"):
         fitted.predict_proba(other)
@@ -276,8 +280,8 @@ def test_finetune_runs_one_tiny_epoch_on_cpu(embedded_cohort, truth):
     # four regions, each with one tumour and one normal patch
     example = LabeledCells("synth_002", slide.store_path, store.coords[pick], labels_all[pick], np.arange(8) % 4,
                            store=store)
-    task = PatchClassifierTask(mode="finetune", backbone="resnet18", max_epochs=1, batch_size=4, val_fraction=0.25,
-                               seed=0)
+    task = PatchClassifierModel(mode="finetune", backbone="resnet18", max_epochs=1, batch_size=4, val_fraction=0.25,
+                                seed=0)
     before = get_encoder("resnet18").state_dict()  # seeded random init: the weights fine-tuning starts from
     summary = task.fit([example])
     assert summary["epochs"] == 1 and summary["mode"] == "finetune"

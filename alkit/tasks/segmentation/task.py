@@ -1,0 +1,148 @@
+"""The ``segmentation`` task: tumour segmentation by patch classification (the paper's CAMELYON16 study).
+
+* **Ground truth** (:class:`~alkit.tasks.segmentation.oracle.TumourOracle`): tumour polygons or masks
+  per slide, from ``cohort.ground_truth.folder`` (+ ``pattern``, default ``{slide}.xml``) or a
+  synthetic cohort (``synthetic``).
+* **What the annotator reports** for a region: its tissue and tumour area (mm²), both measured on the
+  grid cells the model learns from (per-cell shares summed), like the cohort's totals.
+* **Training examples**: the embedded cells inside labeled regions, tumour when at least
+  ``tumour_threshold`` (default 0.5) of the cell is tumour (:class:`LabeledCells`).
+* **Model**: :class:`~alkit.tasks.segmentation.classifier.PatchClassifierModel` (the ``task:``
+  parameters of a study config are its parameters); its per-cell tumour probability is the score map
+  of uncertainty acquisition, with MC-dropout samples for BALD.
+* **Evaluation** (:mod:`alkit.tasks.segmentation.metrics`): mIoU(tumour) over test slides with tumour,
+  false-positive rate on tumour-free ones, and the annotated share of the cohort's tumour.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from alkit.al.areas import box_mm2, total_mm2
+from alkit.al.oracle import RegionReport
+from alkit.al.pool import LabeledPool
+from alkit.al.task import SummaryPlot, TaskConfigError, TaskSettings
+from alkit.embeddings.cohort import Cohort, CohortSlide
+from alkit.tasks.segmentation.classifier import PatchClassifierModel
+from alkit.tasks.segmentation.examples import LabeledCells
+from alkit.tasks.segmentation.metrics import evaluate_slide, summarise
+from alkit.tasks.segmentation.oracle import TumourOracle
+from alkit.tasks.settings import check_model_params, resolve_existing
+
+#: ``task:`` keys that are not model parameters
+RESERVED = {"kind", "tumour_threshold"}
+#: ground-truth keys that hold mitosis points (another task's)
+POINT_SOURCES = ("sliderunner", "coco")
+
+
+class SegmentationTask:
+    """Tumour segmentation by patch classification; ``model`` is trained afresh at every ``fit``."""
+
+    name: ClassVar[str] = "segmentation"
+    summary_metrics: ClassVar[tuple[str, ...]] = ("miou_tumour", "annotated_tissue_pct", "annotated_tumour_pct",
+                                                  "fp_rate_tumour_free")
+    summary_plots: ClassVar[tuple[SummaryPlot, ...]] = (SummaryPlot("miou_tumour", "miou_vs_tissue"),
+                                                        SummaryPlot("annotated_tumour_pct", "tumour_vs_tissue"))
+    mc_dropout: ClassVar[bool] = True
+    prototype_crops: ClassVar[bool] = False
+
+    def __init__(self, oracle: TumourOracle, model: PatchClassifierModel | None = None, *,
+                 tumour_threshold: float = 0.5) -> None:
+        self.oracle = oracle
+        self.model = model or PatchClassifierModel()
+        self.tumour_threshold = float(tumour_threshold)
+        self._truth: dict[str, np.ndarray] = {}
+
+    # -- study set-up -----------------------------------------------------------------------------
+    @classmethod
+    def check_config(cls, settings: TaskSettings) -> dict:
+        check_model_params(cls.name, PatchClassifierModel, settings.params, RESERVED)
+        if settings.has_validation_slides:
+            raise TaskConfigError("cohort.validation_slides", "is used by task.kind 'detection' only "
+                                                              "(segmentation has no threshold to choose)")
+        truth = dict(settings.ground_truth)
+        points = [k for k in POINT_SOURCES if k in truth]
+        if points:
+            raise TaskConfigError(f"cohort.ground_truth.{points[0]}", "holds mitosis points, for task.kind "
+                                  "'detection'; tumour ground truth is 'folder' (+ 'pattern') or 'synthetic'")
+        if "synthetic" in truth:
+            resolve_existing(truth, "synthetic", settings, "folder")
+        elif "folder" in truth:
+            resolve_existing(truth, "folder", settings, "folder")
+        else:
+            raise TaskConfigError("cohort.ground_truth", "needs 'folder' (+ 'pattern') or 'synthetic'")
+        return truth
+
+    @classmethod
+    def build_oracle(cls, ground_truth: Mapping[str, Any], slide_mpp: float | None = None) -> TumourOracle:
+        if "synthetic" in ground_truth:
+            return TumourOracle.from_synthetic(ground_truth["synthetic"])
+        return TumourOracle.from_folder(ground_truth["folder"], ground_truth.get("pattern", "{slide}.xml"),
+                                        mpp=slide_mpp)
+
+    @classmethod
+    def from_params(cls, oracle: TumourOracle, params: Mapping[str, Any], *, seed: int,
+                    logger: Any = None) -> SegmentationTask:
+        model_params = {k: v for k, v in params.items() if k not in RESERVED}
+        return cls(oracle, PatchClassifierModel(seed=seed, logger=logger, **model_params),
+                   tumour_threshold=params.get("tumour_threshold", 0.5))
+
+    # -- ground truth -----------------------------------------------------------------------------
+    def truth(self, slide: CohortSlide) -> np.ndarray:
+        """The oracle's tumour fraction of every cell of ``slide`` (cached)."""
+        if slide.slide_id not in self._truth:
+            self._truth[slide.slide_id] = np.asarray(self.oracle.tumour_fraction(slide.slide_id, slide.grid),
+                                                     np.float32)
+        return self._truth[slide.slide_id]
+
+    def region_report(self, slide: CohortSlide, box: Sequence[int]) -> RegionReport:
+        x, y, w, h = (int(v) for v in box)
+        mpp = slide.grid.slide_mpp
+        return RegionReport(slide.slide_id, (x, y, w, h), mpp, w * h * (mpp / 1000.0) ** 2,
+                            box_mm2(slide, slide.grid.tissue_fraction, box),
+                            {"tumour_mm2": box_mm2(slide, self.truth(slide), box)})
+
+    # -- training ---------------------------------------------------------------------------------
+    def training_examples(self, pool: LabeledPool, cohort: Cohort, max_cycle: int | None = None) -> list:
+        examples = []
+        for slide in cohort:
+            region_of = pool.cell_region_ids(slide.slide_id, slide.grid, max_cycle)
+            if (region_of < 0).all():
+                continue
+            store = slide.store()
+            rid = region_of[store.coords[:, 0], store.coords[:, 1]]
+            inside = rid >= 0
+            if not inside.any():
+                continue
+            cells = store.coords[inside]
+            labels = (self.truth(slide)[cells[:, 0], cells[:, 1]] >= self.tumour_threshold).astype(np.int64)
+            examples.append(LabeledCells(slide.slide_id, slide.store_path, cells, labels, rid[inside]))
+        return examples
+
+    def fit(self, examples: list) -> dict:
+        return self.model.fit(examples)
+
+    def probabilities(self, slide: CohortSlide) -> np.ndarray:
+        return self.model.predict_proba(slide.store())
+
+    def mc_probabilities(self, slide: CohortSlide, samples: int) -> np.ndarray:
+        return self.model.predict_mc(slide.store(), samples)
+
+    # -- evaluation -------------------------------------------------------------------------------
+    def evaluate(self, pool: LabeledPool, cohort: Cohort, test_cohort: Cohort,
+                 validation_cohort: Cohort | None = None) -> dict:
+        """mIoU(tumour) over test slides with tumour, false positives on the tumour-free ones, and the
+        annotated share of the cohort's tumour."""
+        results = []
+        for slide in test_cohort:
+            store = slide.store()
+            results.append(evaluate_slide(slide.slide_id, self.model.predict_proba(store), self.truth(slide),
+                                          store.embedded_mask(), truth_threshold=self.tumour_threshold))
+        summary = summarise(results)
+        tumour = total_mm2(cohort, self.truth)
+        return {"miou_tumour": summary["miou_tumour"], "fp_rate_tumour_free": summary["fp_rate_tumour_free"],
+                "annotated_tumour_pct": 100.0 * pool.total("tumour_mm2") / tumour if tumour else 0.0}
+

@@ -1,11 +1,12 @@
-"""Task models the active-learning loop trains each cycle, one folder per task.
+"""The built-in tasks, one folder each: everything that depends on what the loop learns.
 
-:class:`alkit.tasks.segmentation.classifier.PatchClassifierModel` (tumour segmentation by patch
-classification) and :class:`alkit.tasks.detection.detector.MitosisDetectorModel` (mitotic-figure
-detection, RetinaNet) are the built-in ones; both train with the Lightning helpers of
-:mod:`alkit.tasks.training`. A model needs only ``fit(examples) -> dict``,
-``predict_proba(store) -> (rows, cols)`` and, for MC-dropout acquisition,
-``predict_mc(store, samples) -> (samples, rows, cols)``.
+* :mod:`alkit.tasks.segmentation` — tumour segmentation by patch classification
+  (:class:`~alkit.tasks.segmentation.task.SegmentationTask`: tumour oracle, patch classifier, mIoU);
+* :mod:`alkit.tasks.detection` — mitotic-figure detection
+  (:class:`~alkit.tasks.detection.task.DetectionTask`: point oracle, RetinaNet detector, F1).
 
-Nothing is re-exported here: import from the defining modules.
+Each implements the :class:`alkit.al.task.Task` contract and is registered in the ``alkit.tasks``
+entry-point group; both models train with the Lightning helpers of :mod:`alkit.tasks.training`, and
+:mod:`alkit.tasks.settings` holds the config checks tasks share. Nothing is re-exported here: import
+from the defining modules.
 """

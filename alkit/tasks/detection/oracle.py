@@ -4,7 +4,7 @@ Read from SlideRunner SQLite databases (``deleted`` records dropped), COCO-style
 centres, :mod:`alkit.annotations.coco`) or a synthetic cohort's database; class names become labels
 through :func:`alkit.tasks.detection.labels.mitosis_label`. Slides it has no records for have no
 mitoses. Its :meth:`MitosisOracle.region_report` findings are ``{"mitoses": n, "hard_negatives": k}``
-(points inside the half-open box); the detection loop also reads the points themselves.
+(points inside the half-open box); the detection task also reads the points themselves.
 """
 
 from __future__ import annotations

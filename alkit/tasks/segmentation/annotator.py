@@ -173,7 +173,7 @@ class AnnotationOracle(TumourOracle):
 
     @property
     def points(self) -> MitosisOracle:
-        """The drawn mitoses and hard negatives inside the regions (e.g. the detection loop's oracle)."""
+        """The drawn mitoses and hard negatives inside the regions (what the detection task reads from human drawings)."""
         return self._points
 
     def regions(self, slide_id: str) -> np.ndarray:

@@ -1,4 +1,8 @@
-"""The ``alkit`` command line: a thin layer over the Python API."""
+"""The ``alkit`` command line: a thin layer over the Python API.
+
+Each command imports what it uses inside its function, so `alkit --help` and the light commands start
+without importing torch, Lightning or MLflow.
+"""
 
 from __future__ import annotations
 

@@ -14,13 +14,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from alkit.embeddings.cohort import Cohort
 from alkit.errors import AlkitError
+from alkit.plugins import plugin_entry, plugin_names
 from alkit.wsi.box import Box
 
 log = logging.getLogger(__name__)
@@ -101,20 +101,17 @@ class Strategy(Protocol):
 
 def available_strategies() -> list[str]:
     """Names registered in the ``alkit.strategies`` entry-point group."""
-    return sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+    return plugin_names(ENTRY_POINT_GROUP)
 
 
 def get_strategy(name: str, **params) -> Strategy:
     """Build the strategy registered as ``name`` with its parameters (e.g. ``selector="adaptive"``)."""
-    found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
-    if not found:
-        raise StrategyError(f"unknown strategy {name!r}; available: {', '.join(available_strategies()) or 'none'} "
-                            "(is the package that provides it installed?)")
-    factory = found[0].load()
+    entry = plugin_entry(ENTRY_POINT_GROUP, name, "strategy", StrategyError)
+    factory = entry.load()
     try:
         strategy = factory(**params)
     except TypeError as exc:
         raise StrategyError(f"strategy {name!r}: bad parameters {params}: {exc}") from None
     if not isinstance(strategy, Strategy):
-        raise StrategyError(f"entry point {found[0].value} does not build a Strategy (no name / select)")
+        raise StrategyError(f"entry point {entry.value} does not build a Strategy (no name / select)")
     return strategy

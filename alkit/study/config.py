@@ -123,7 +123,7 @@ def _task(raw: dict, path: Path) -> tuple[dict, type[Task]]:
     kind = task.get("kind", DEFAULT_TASK)
     registered = available_tasks()
     if kind not in registered:
-        known = sorted(registered, key=lambda name: (name != DEFAULT_TASK, name != "detection", name))
+        known = sorted(registered, key=lambda name: (name != DEFAULT_TASK, name))  # the default first
         raise ConfigError(f"{path}: key 'task.kind' must be one of {known}, got {kind!r}")
     try:
         return task, task_class(kind)

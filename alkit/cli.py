@@ -155,9 +155,10 @@ def _cmd_prototypes_build(args: argparse.Namespace) -> int:
     def query(name: str, hits_file: str | None) -> ClassQuery:
         if hits_file is not None:
             return ClassQuery(name, hits_file=hits_file)
-        contrast = ([n for n in retrieval_names if n != name] if args.contrast else []) + list(args.contrast_with or [])
+        contrasted = args.contrast or args.rank == "softmax"  # a softmax is over the retrieval classes' prompts
+        contrast = ([n for n in retrieval_names if n != name] if contrasted else []) + list(args.contrast_with or [])
         return ClassQuery(name, prompt=args.prompt, top_n=args.top_n, tags=tuple(args.tag or ()),
-                          contrast=tuple(contrast))
+                          contrast=tuple(contrast), rank=args.rank)
 
     def report(found: FoundImages) -> None:
         name = found.query.name
@@ -248,6 +249,9 @@ def _add_prototype_commands(sub) -> None:
                             "retrieval classes' prompts")
     build.add_argument("--contrast-with", action="append", metavar="NAME",
                        help="retrieval: a further class name to contrast against (may repeat)")
+    build.add_argument("--rank", choices=("cosine", "softmax"), default="cosine",
+                       help="retrieval: rank by cosine to the class's prompt (default), or as the paper's code by "
+                            "the softmax over the retrieval classes' prompts (logits 100 x cosine; implies --contrast)")
     build.add_argument("--exclude", default=None, help="file of ids to leave out (all classes)")
     build.add_argument("--prep", choices=("crop", "resize"), default="crop",
                        help="crop (default): centre crop / pad, magnification kept; resize: shorter side to --size")

@@ -1,20 +1,29 @@
-"""Small pieces the built-in strategies share: labeled boxes in map cells, picks back to level 0."""
+"""Small pieces the built-in strategies share: the region selector and its options, labeled boxes in
+map cells, picks back to level 0."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 from alkit.embeddings.cohort import CohortSlide
-from alkit.selection.regions import box_sums, select_adaptive, select_standard
+from alkit.selection.regions import box_sums, check_selector_options, select_adaptive, select_standard
 from alkit.selection.strategy import Box, Labeled, RegionPick, StrategyError
 
 SELECTORS = {"standard": select_standard, "adaptive": select_adaptive}
 
 
-def check_selector(selector: str) -> str:
+def check_selector(selector: str, options: Mapping[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    """The selector's name and its options (e.g. ``{"rule": "area"}`` for ``adaptive``), checked by
+    :func:`alkit.selection.regions.check_selector_options`; a bad one raises :class:`StrategyError`."""
     if selector not in SELECTORS:
         raise StrategyError(f"selector must be one of {sorted(SELECTORS)}, got {selector!r}")
-    return selector
+    try:
+        return selector, check_selector_options(selector, options)
+    except ValueError as exc:
+        raise StrategyError(f"selector_options: {exc}") from None
 
 
 def labeled_cells(slide: CohortSlide, labeled: Labeled | None) -> list[tuple[int, int, int, int]]:
@@ -47,10 +56,12 @@ def window_tissue(tissue: np.ndarray, wh: int, ww: int) -> np.ndarray:
 
 
 def select_on_maps(slide: CohortSlide, maps: dict[str, np.ndarray], n: int, size: int, selector: str,
-                   labeled: Labeled | None, strategy: str) -> list[RegionPick]:
+                   labeled: Labeled | None, strategy: str,
+                   options: Mapping[str, Any] | None = None) -> list[RegionPick]:
     """Up to ``n`` regions of ``size`` cells on the slide's score maps, the maps taking turns
-    (round-robin in their order); no pick overlaps an earlier pick or a labeled region."""
-    select = SELECTORS[selector]
+    (round-robin in their order); no pick overlaps an earlier pick or a labeled region. ``options``
+    go to the selector (checked by :func:`check_selector`)."""
+    select, options = SELECTORS[selector], dict(options or {})
     blocked = labeled_cells(slide, labeled)
     names = list(maps)
     picks: list[RegionPick] = []
@@ -61,7 +72,7 @@ def select_on_maps(slide: CohortSlide, maps: dict[str, np.ndarray], n: int, size
         turn += 1
         if name in exhausted:
             continue
-        found = select(maps[name], size, 1, labeled=blocked)
+        found = select(maps[name], size, 1, labeled=blocked, **options)
         if not found:
             exhausted.add(name)
             continue

@@ -3,7 +3,8 @@
 Per slide, the similarity map of each class (:func:`alkit.prototypes.maps.similarity_map`: per cell the highest
 cosine similarity to the class's prototypes, streamed from the store file in chunks, all classes in
 one pass, so dense 64-px grids stay memory-bounded) goes through a region selector — ``standard`` (sliding
-window + non-maximum suppression) or ``adaptive`` (threshold-bisection boxes). Several classes share
+window + non-maximum suppression) or ``adaptive`` (threshold-bisection boxes; ``selector_options`` such
+as ``{"rule": "area"}`` switch it to the reference's rules, :mod:`alkit.selection.regions`). Several classes share
 a slide's budget round-robin, in the order given: pick 1 goes to the first class, pick 2 to the
 second, ... (with n = 5 and two classes, 3 + 2), each pick avoiding all earlier picks and labeled
 regions. A region's score is the mean similarity inside it.
@@ -12,7 +13,8 @@ regions. A region's score is the mean similarity inside it.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -24,14 +26,15 @@ from strategies._common import check_selector, select_on_maps
 
 
 class PrototypeStrategy:
-    """Regions on the similarity maps to class prototypes; ``prototypes`` is a set or its folder."""
+    """Regions on the similarity maps to class prototypes; ``prototypes`` is a set or its folder,
+    ``selector_options`` the selector's options (none: its defaults)."""
 
     name = "prototype"
 
     def __init__(self, prototypes: PrototypeSet | str | os.PathLike, selector: str = "standard",
-                 classes: Sequence[str] | None = None):
+                 classes: Sequence[str] | None = None, selector_options: Mapping[str, Any] | None = None):
         self.prototypes = prototypes if isinstance(prototypes, PrototypeSet) else PrototypeSet.load(prototypes)
-        self.selector = check_selector(selector)
+        self.selector, self.selector_options = check_selector(selector, selector_options)
         self.classes = list(classes or self.prototypes.names)
         missing = [c for c in self.classes if c not in self.prototypes.names]
         if missing:
@@ -45,7 +48,7 @@ class PrototypeStrategy:
             maps = similarity_maps(slide.store_path, {c: self.prototypes[c] for c in self.classes})
             selection.score_maps[slide.slide_id] = {f"similarity:{c}": m for c, m in maps.items()}
             picks = select_on_maps(slide, maps, budget.n, slide.grid.region_cells(budget.size), self.selector,
-                                   labeled, self.name)
+                                   labeled, self.name, self.selector_options)
             selection.regions += picks
             selection.shortfall[slide.slide_id] = budget.n - len(picks)
         selection.report_shortfall()

@@ -3,11 +3,15 @@
 Per slide, the task's per-cell probabilities (:meth:`alkit.al.task.Task.probabilities`, or its
 MC-dropout samples) become an uncertainty map (:func:`alkit.al.uncertainty.acquisition_map`: entropy,
 margin, least confidence, or MC-dropout BALD), a score map like any other that goes through the same
-standard or adaptive selector, with labeled regions excluded. The strategy needs the task being
-learned: pass ``task=`` or let :class:`alkit.al.loop.ActiveLearningLoop` bind its own (:meth:`bind`).
+standard or adaptive selector (with its ``selector_options``), with labeled regions excluded. The
+strategy needs the task being learned: pass ``task=`` or let :class:`alkit.al.loop.ActiveLearningLoop`
+bind its own (:meth:`bind`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -25,13 +29,13 @@ class UncertaintyStrategy:
     name = "uncertainty"
 
     def __init__(self, task: Task | None = None, measure: str = "entropy", selector: str = "standard",
-                 mc_samples: int | None = None):
+                 mc_samples: int | None = None, selector_options: Mapping[str, Any] | None = None):
         try:
             self.mc_samples = mc_samples_for(measure, mc_samples)
         except ValueError as exc:
             raise StrategyError(str(exc)) from None
         self.measure = measure
-        self.selector = check_selector(selector)
+        self.selector, self.selector_options = check_selector(selector, selector_options)
         self.task: Task | None = None
         if task is not None:
             self.bind(task)
@@ -54,7 +58,7 @@ class UncertaintyStrategy:
             score = acquisition_map(self.task, slide, valid, self.measure, self.mc_samples)
             selection.score_maps[slide.slide_id] = {f"uncertainty:{self.measure}": score}
             picks = select_on_maps(slide, {"": score}, budget.n, slide.grid.region_cells(budget.size),
-                                   self.selector, labeled, self.name)
+                                   self.selector, labeled, self.name, self.selector_options)
             selection.regions += picks
             selection.shortfall[slide.slide_id] = budget.n - len(picks)
         selection.report_shortfall()

@@ -93,7 +93,7 @@ class ActiveLearningLoop:
 
     def fit(self, max_cycle: int | None = None) -> dict:
         """Train the task's model on the regions of cycles ≤ ``max_cycle`` (default all)."""
-        return self.task.fit(self.task.training_examples(self.pool, self.cohort, max_cycle))
+        return self.task.fit(self.task.training_examples(self.pool, self.cohort, max_cycle, self.validation_cohort))
 
     def run(self) -> list[CycleResult]:
         """Run (or resume) all cycles; returns every cycle's metrics."""

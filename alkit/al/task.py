@@ -112,8 +112,10 @@ class Task(Protocol):
         """What the annotator reports for a labeled region (its findings go into the pool)."""
         ...
 
-    def training_examples(self, pool: LabeledPool, cohort: Cohort, max_cycle: int | None = None) -> list:
-        """Training examples from the labeled regions of cycles ≤ ``max_cycle`` (default all)."""
+    def training_examples(self, pool: LabeledPool, cohort: Cohort, max_cycle: int | None = None,
+                          validation_cohort: Cohort | None = None) -> list:
+        """Training examples from the labeled regions of cycles ≤ ``max_cycle`` (default all); a task that
+        tunes on fully annotated ``validation_cohort`` slides (early stopping) adds them, marked held out."""
         ...
 
     def fit(self, examples: list) -> dict:

@@ -19,20 +19,20 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from alkit.captions.database import CaptionDB, open_database
 from alkit.captions.images import Box, ImageEmbedder, ImagePrep
-from alkit.captions.retrieval import DEFAULT_TEMPLATE, DEFAULT_TOP_N, RETRIEVAL_PREP, RetrievalResult, retrieve
-from alkit.captions.search import MODES, KeywordQuery, SearchResult, Step, read_hits, search
+from alkit.captions.retrieval import DEFAULT_TEMPLATE, DEFAULT_TOP_N, RANKS, RETRIEVAL_PREP, RetrievalResult, retrieve
+from alkit.captions.search import MODES, KeywordQuery, SearchResult, Step, read_hits, read_id_list, search
 from alkit.prototypes.crops import PATCH_PX, build_crop_prototypes, synthetic_mitosis_boxes
 from alkit.prototypes.prototype_set import PrototypeError, PrototypeSet, build_prototypes, read_boxes
 
 log = logging.getLogger(__name__)
 
 #: the keys of a study config's ``prototypes.classes.<name>`` mapping, per way of finding images
-CLASS_KEYS = {"ids": ("ids",), "with": ("with", "without", "mode"), "prompt": ("prompt", "top_n", "tags")}
+CLASS_KEYS = {"ids": ("ids",), "with": ("with", "without", "mode"), "prompt": ("prompt", "top_n", "tags", "rank")}
 #: the keys of a study config's ``prototypes.crops`` mapping
 CROP_KEYS = ("figures", "boxes", "side")
 
@@ -48,7 +48,8 @@ def _is_text_list(value: Any) -> bool:
 class ClassQuery:
     """How the images of one class are found: exactly one of ``ids``, ``hits_file``, ``keywords`` or
     ``prompt`` (a retrieval template with ``{class_name}``; ``top_n``, ``tags`` and the ``contrast``
-    class names refine the retrieval)."""
+    class names refine the retrieval, ``rank`` orders it: ``"cosine"`` or ``"softmax"``, which needs
+    ``contrast``, :mod:`alkit.captions.retrieval`)."""
 
     name: str
     ids: tuple[str | int, ...] | None = None
@@ -58,6 +59,7 @@ class ClassQuery:
     top_n: int = DEFAULT_TOP_N
     tags: tuple[str, ...] = ()
     contrast: tuple[str, ...] = ()
+    rank: str = RANKS[0]
 
     def __post_init__(self) -> None:
         given = [k for k in ("ids", "hits_file", "keywords", "prompt") if getattr(self, k) is not None]
@@ -68,6 +70,8 @@ class ClassQuery:
             raise PrototypeError(f"class {self.name!r}: no ids given")
         if self.keywords is not None and self.keywords.name != self.name:
             raise PrototypeError(f"class {self.name!r}: its keyword query is named {self.keywords.name!r}")
+        if self.rank not in RANKS:
+            raise PrototypeError(f"class {self.name!r}: rank must be one of {', '.join(RANKS)}, got {self.rank!r}")
 
     @property
     def source(self) -> str:
@@ -77,7 +81,8 @@ class ClassQuery:
     @classmethod
     def from_config(cls, name: str, mapping: Mapping[str, Any], *, key: str | None = None) -> ClassQuery:
         """The query of a study config's ``prototypes.classes.<name>`` mapping: ``ids`` (a list), ``with``
-        (groups of synonyms; + ``without`` terms, ``mode``) or ``prompt`` (+ ``top_n``, ``tags``).
+        (groups of synonyms; + ``without`` terms, ``mode``) or ``prompt`` (+ ``top_n``, ``tags``, ``rank``;
+        a ``softmax`` class gets its contrast classes from :func:`with_softmax_contrast`).
 
         A bad mapping raises :class:`PrototypeError` naming the key (``key``: the mapping's own key,
         default ``prototypes.classes.<name>``).
@@ -111,13 +116,16 @@ class ClassQuery:
                 raise PrototypeError(f"key '{key}.mode' must be one of {', '.join(MODES)}, got {mode!r}")
             return cls(name, keywords=KeywordQuery(name, tuple(map(tuple, groups)), tuple(without), mode))
         prompt, top_n, tags = mapping["prompt"], mapping.get("top_n", DEFAULT_TOP_N), mapping.get("tags", [])
+        rank = mapping.get("rank", RANKS[0])
         if not isinstance(prompt, str):
             raise PrototypeError(f"key '{key}.prompt' must be a prompt template, e.g. {DEFAULT_TEMPLATE!r}")
         if not isinstance(top_n, int) or isinstance(top_n, bool) or top_n < 1:
             raise PrototypeError(f"key '{key}.top_n' must be a positive integer, got {top_n!r}")
         if not _is_text_list(tags):
             raise PrototypeError(f"key '{key}.tags' must be a list of tags, got {tags!r}")
-        return cls(name, prompt=prompt, top_n=top_n, tags=tuple(tags))
+        if rank not in RANKS:
+            raise PrototypeError(f"key '{key}.rank' must be one of {', '.join(RANKS)}, got {rank!r}")
+        return cls(name, prompt=prompt, top_n=top_n, tags=tuple(tags), rank=rank)
 
 
 @dataclass(frozen=True)
@@ -210,7 +218,7 @@ def find_class_images(db: CaptionDB, query: ClassQuery, encoder, *, exclude: Ite
             provenance["excluded"] = hits.steps[-2].remaining - hits.steps[-1].remaining
         return FoundImages(query, list(hits.ids), provenance, hits)
     result = retrieve(db, encoder, query.name, template=query.prompt, top_n=query.top_n, tags=query.tags,
-                      contrast=query.contrast, exclude_ids=excluded, embedder=embedder)
+                      contrast=query.contrast, exclude_ids=excluded, embedder=embedder, rank=query.rank)
     return FoundImages(query, list(result.ids), result.query(), result)
 
 
@@ -262,14 +270,36 @@ def build_prototype_set(db: CaptionDB, queries: Sequence[ClassQuery], encoder, *
                             skip_missing=skip_missing, **cache)
 
 
+def with_softmax_contrast(queries: Sequence[ClassQuery]) -> list[ClassQuery]:
+    """``queries`` with every ``rank="softmax"`` query contrasted with the other retrieval classes (the
+    reference's softmax over all the class prompts); the others as they are. A softmax query with no
+    other retrieval class to contrast with raises :class:`PrototypeError`."""
+    prompted = [q.name for q in queries if q.prompt is not None]
+    out = []
+    for query in queries:
+        if query.rank == "softmax":
+            contrast = tuple(dict.fromkeys([*query.contrast, *(n for n in prompted if n != query.name)]))
+            if not contrast:
+                raise PrototypeError(f"class {query.name!r}: rank 'softmax' is over the prompts of several classes; "
+                                     "give at least one other class a 'prompt', or use rank 'cosine'")
+            query = replace(query, contrast=contrast)
+        out.append(query)
+    return out
+
+
 def study_prototypes(settings: Mapping[str, Any], encoder, *, crops: bool = False) -> PrototypeSet:
     """The prototype set a study config's ``prototypes`` mapping describes: the caption database ``db``
-    (path resolved), one :class:`ClassQuery` per ``classes`` entry and, when the task's prototypes are
+    (path resolved), one :class:`ClassQuery` per ``classes`` entry (a ``rank: softmax`` one contrasted
+    with the other retrieval classes, :func:`with_softmax_contrast`) and, when the task's prototypes are
     object-centred crops (``crops``), its ``crops`` mapping as a :class:`CropSpec` (exactly one class).
 
     Built with :func:`build_prototype_set`'s defaults (image cache in ``~/.cache/alkit``, batches of 32,
     no progress bars), so a study and ``alkit prototypes build`` with the same classes agree.
     """
-    queries = [ClassQuery.from_config(name, q) for name, q in settings["classes"].items()]
+    queries = with_softmax_contrast([ClassQuery.from_config(name, q) for name, q in settings["classes"].items()])
     spec = CropSpec.from_config(settings.get("crops", {})) if crops else None
-    return build_prototype_set(open_database(settings["db"]), queries, encoder, crops=spec)
+    exclude = settings.get("exclude", ())  # the manual clean-up: ids, or a file of ids
+    exclude = read_id_list(exclude) if isinstance(exclude, (str, os.PathLike)) else [str(i) for i in exclude]
+    prep = settings.get("prep")  # whole-image preparation, e.g. {mode: crop, size: 256}: the slides' patch field
+    prep = ImagePrep(prep.get("mode", "crop"), prep.get("size"), prep.get("scale", 1.0)) if prep else None
+    return build_prototype_set(open_database(settings["db"]), queries, encoder, crops=spec, exclude=exclude, prep=prep)

@@ -48,14 +48,38 @@ window (clipped to the map) that contains the peak, overlaps nothing, and is the
 centred on it; when no such window exists (the peak sits in a narrow gap), the box grown greedily
 from the peak cell (up, down, left, right in turn) up to ``size × size`` without overlapping. Each
 box contains its peak, so picks never repeat and the loop always progresses.
+
+The adaptive selector's options (:data:`SELECTOR_OPTIONS`, checked by :func:`check_selector_options`)
+switch it to the reference implementation's rules (Qiu et al.'s AdaptiveRegionSelection code); the
+defaults are the behaviour above:
+
+* ``rule="area"``: accept a bounding box by its area, ``w·h`` in ``[l_min², l_max²]`` with
+  ``l_min = floor(size/2)``, ``l_max = floor(3·size/2)`` (the lower bound is the area of the
+  ``l_min × l_min`` square clipped to the map). It accepts every box ``"sides"`` accepts, and also
+  elongated ones (a 12 × 6 blob with ``size = 7``); as a side may then reach ``l_max²``, the crop
+  searched is ``(2·l_max² + 1)²`` (often the whole map: slower).
+* ``median_filter=True``: the map (NaN as 0) first goes through a 3 × 3 median filter, zero-padded
+  at the borders, so an isolated hot cell cannot become a peak; peaks, thresholds and components
+  then come from the filtered map (the strategies still score a region on the unfiltered map).
+* ``connectivity=8``: components are 8-connected (diagonal neighbours join), as the reference's
+  contours are.
+* ``fallback="half"``: the fallback window is ``l_min × l_min`` (at least 1 × 1), not
+  ``size × size``; the most centred free one holding the peak is the reference's box at
+  ``(px - l_min//2, py - l_min//2)``, shifted inside the map at its borders.
+
+What is not an option: the reference bisects 10 times over percentiles 98–100 of the whole map and
+tests the component by its contour; here the search is exact over the crop's values. When its
+search fails with a component out of range, the reference clamps that component's box to
+``[l_min, l_max]`` around its centre, a box that may miss the peak and overlap earlier picks;
+here every box holds its peak and overlaps nothing, under every option.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Sequence
-from typing import NamedTuple
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import scipy.ndimage as ndi
@@ -64,6 +88,12 @@ from alkit.wsi.box import Box
 
 log = logging.getLogger(__name__)
 
+#: each selector's options: per option its allowed values, the default (alkit's own rule) first
+SELECTOR_OPTIONS: dict[str, dict[str, tuple[Any, ...]]] = {
+    "standard": {},
+    "adaptive": {"rule": ("sides", "area"), "median_filter": (False, True), "connectivity": (4, 8),
+                 "fallback": ("window", "half")},
+}
 
 
 class Region(NamedTuple):
@@ -123,6 +153,33 @@ def box_sums(score_map: np.ndarray, boxes: Iterable[Box] | np.ndarray) -> np.nda
 
 # ---------------------------------------------------------------------------------------- selectors
 
+def check_selector_options(selector: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``options`` of ``selector`` checked against :data:`SELECTOR_OPTIONS`, as a plain dict.
+
+    The one check for the strategies and the study config alike: an unknown selector, an option the
+    selector does not have, or a value it does not allow raises ``ValueError`` naming it. Types
+    count (``connectivity: 8.0`` and ``median_filter: 1`` are refused). Options left out are not
+    filled in: the selector's defaults apply.
+    """
+    if selector not in SELECTOR_OPTIONS:
+        raise ValueError(f"selector must be one of {sorted(SELECTOR_OPTIONS)}, got {selector!r}")
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise ValueError(f"selector options must be a mapping of option names to values, got {options!r}")
+    known = SELECTOR_OPTIONS[selector]
+    checked: dict[str, Any] = {}
+    for key, value in options.items():
+        if key not in known:
+            raise ValueError(f"the {selector} selector has no option {key!r} "
+                             f"(it has {', '.join(map(repr, known)) or 'none'})")
+        if not any(type(value) is type(allowed) and value == allowed for allowed in known[key]):
+            raise ValueError(f"{selector} selector option {key!r} must be one of "
+                             f"{', '.join(map(repr, known[key]))}, got {value!r}")
+        checked[key] = value
+    return checked
+
+
 def select_standard(score_map: np.ndarray, size: int, n: int,
                     labeled: Iterable[Box] = ()) -> list[Region]:
     """Greedy non-maximum suppression over all ``size × size`` windows scored by their sum.
@@ -160,27 +217,36 @@ def select_standard(score_map: np.ndarray, size: int, n: int,
     return picks
 
 
-def select_adaptive(score_map: np.ndarray, size: int, n: int,
-                    labeled: Iterable[Box] = ()) -> list[Region]:
+def select_adaptive(score_map: np.ndarray, size: int, n: int, labeled: Iterable[Box] = (), *,
+                    rule: str = "sides", median_filter: bool = False, connectivity: int = 4,
+                    fallback: str = "window") -> list[Region]:
     """Boxes shaped by the map: the bounding box of the thresholded blob around each peak.
 
     See the module docstring for the threshold bisection, the accepted side range
-    ``[size/2, 3·size/2]`` and the fallback. Peaks are taken in decreasing order of score (ties:
-    smallest y, then x) among cells outside taken and labeled boxes, while positive.
+    ``[size/2, 3·size/2]``, the fallback, and the options (``rule``, ``median_filter``,
+    ``connectivity``, ``fallback``) that switch to the reference's rules. Peaks are taken in
+    decreasing order of score (ties: smallest y, then x) among cells outside taken and labeled
+    boxes, while positive.
     """
+    check_selector_options("adaptive", {"rule": rule, "median_filter": median_filter,
+                                        "connectivity": connectivity, "fallback": fallback})
     size, n = _check_size_n(size, n)
     m = _clean_map(score_map)
     height, width = m.shape
     if n == 0 or m.size == 0:
         return []
+    if median_filter:  # zero padding, as scipy.signal.medfilt2d (the reference's filter)
+        m = ndi.median_filter(m, size=3, mode="constant", cval=0.0)
     work = np.array(m, copy=True)  # taken and labeled cells become -inf
     blocked = _cover_cells(_box_array(labeled))
     for bx, by, bw, bh in blocked:
         work[max(by, 0):max(by + bh, 0), max(bx, 0):max(bx + bw, 0)] = -np.inf
     rowmax = work.max(axis=1)
-    reach = (3 * size) // 2  # the longest side accepted
-    wh, ww = min(size, height), min(size, width)
-    shortest = (min((size + 1) // 2, height), min((size + 1) // 2, width))
+    limits = _Limits.for_rule(rule, size, height, width)
+    reach = limits.radius  # the crop around the peak that holds every acceptable box
+    side = size if fallback == "window" else max(size // 2, 1)
+    wh, ww = min(side, height), min(side, width)
+    structure = _EIGHT if connectivity == 8 else None  # None: scipy's default, 4-connected
     picks: list[Region] = []
     while len(picks) < n:
         py = int(np.argmax(rowmax))
@@ -189,7 +255,7 @@ def select_adaptive(score_map: np.ndarray, size: int, n: int,
         px = int(np.argmax(work[py]))
         cy0, cx0 = max(py - reach, 0), max(px - reach, 0)
         crop = work[cy0:min(py + reach + 1, height), cx0:min(px + reach + 1, width)]
-        bx, by, bw, bh = _adaptive_box(crop, py - cy0, px - cx0, reach, shortest, wh, ww)
+        bx, by, bw, bh = _adaptive_box(crop, py - cy0, px - cx0, limits, wh, ww, structure)
         pick = Region(bx + cx0, by + cy0, bw, bh)
         if np.isneginf(work[pick.y:pick.y + pick.h, pick.x:pick.x + pick.w]).any():
             raise AssertionError(f"adaptive box {pick} overlaps a taken or labeled box")  # a bug
@@ -197,7 +263,8 @@ def select_adaptive(score_map: np.ndarray, size: int, n: int,
         work[pick.y:pick.y + pick.h, pick.x:pick.x + pick.w] = -np.inf
         rowmax[pick.y:pick.y + pick.h] = work[pick.y:pick.y + pick.h].max(axis=1)
     _verify(picks, blocked, m.shape)
-    log.debug("adaptive selection: %d of %d boxes (size %d) on a %dx%d map", len(picks), n, size,
+    log.debug("adaptive selection: %d of %d boxes (size %d, rule %s, median filter %s, %d-connected, "
+              "fallback %s) on a %dx%d map", len(picks), n, size, rule, median_filter, connectivity, fallback,
               width, height)
     return picks
 
@@ -324,9 +391,11 @@ def _suppress(scores: np.ndarray, bx: int, by: int, bw: int, bh: int, wh: int,
     return 0, 0
 
 
-def _component_box(crop: np.ndarray, cy: int, cx: int, threshold: float) -> tuple[int, int, int, int]:
-    """Bounding box (x, y, w, h) of the 4-connected component of ``crop >= threshold`` holding (cy, cx)."""
-    labels, _ = ndi.label(crop >= threshold)
+def _component_box(crop: np.ndarray, cy: int, cx: int, threshold: float,
+                   structure: np.ndarray | None = None) -> tuple[int, int, int, int]:
+    """Bounding box (x, y, w, h) of the component of ``crop >= threshold`` holding (cy, cx): 4-connected,
+    or connected by ``structure`` (:data:`_EIGHT`: 8-connected)."""
+    labels, _ = ndi.label(crop >= threshold, structure=structure)
     component = labels == labels[cy, cx]
     rows = np.flatnonzero(component.any(axis=1))
     cols = np.flatnonzero(component.any(axis=0))
@@ -334,24 +403,57 @@ def _component_box(crop: np.ndarray, cy: int, cx: int, threshold: float) -> tupl
 
 
 _SMALL, _OK, _BIG = 0, 1, 2
+_EIGHT = np.ones((3, 3), bool)  # the 8-connected structuring element of scipy.ndimage.label
 
 
-def _adaptive_box(crop: np.ndarray, cy: int, cx: int, reach: int, shortest: tuple[int, int],
-                  wh: int, ww: int) -> tuple[int, int, int, int]:
-    """The adaptive box around the peak (cy, cx) of ``crop`` (blocked cells are -inf), crop coords."""
+class _Limits(NamedTuple):
+    """Which bounding boxes the adaptive selector accepts: both sides in ``[low, high]`` (``area``
+    False; ``low`` per axis, (rows, columns)), or the area in ``[low_rows·low_cols, high²]``."""
+
+    area: bool
+    low: tuple[int, int]
+    high: int
+
+    @classmethod
+    def for_rule(cls, rule: str, size: int, height: int, width: int) -> _Limits:
+        """``"sides"``: ``[ceil(size/2), floor(3·size/2)]``; ``"area"``: ``[floor(size/2)², floor(3·size/2)²]``
+        (the reference's ``l_min``, ``l_max``); the lower bound is clipped to the map."""
+        shortest = (size + 1) // 2 if rule == "sides" else size // 2
+        return cls(rule == "area", (min(shortest, height), min(shortest, width)), (3 * size) // 2)
+
+    @property
+    def radius(self) -> int:
+        """The crop half-side: an acceptable box spans fewer cells, so a component reaching the crop's
+        edge is too big (under ``area``, a box of area at most ``high²`` can be ``high²`` long)."""
+        return self.high * self.high if self.area else self.high
+
+    def verdict(self, w: int, h: int) -> int:
+        """Too small, acceptable or too big; each of sides and area grows as the threshold falls."""
+        if self.area:
+            if w * h > self.high * self.high:
+                return _BIG
+            return _SMALL if w * h < self.low[0] * self.low[1] else _OK
+        if w > self.high or h > self.high:
+            return _BIG
+        return _SMALL if h < self.low[0] or w < self.low[1] else _OK
+
+
+def _adaptive_box(crop: np.ndarray, cy: int, cx: int, limits: _Limits, wh: int, ww: int,
+                  structure: np.ndarray | None = None) -> tuple[int, int, int, int]:
+    """The adaptive box around the peak (cy, cx) of ``crop`` (blocked cells are -inf), crop coords;
+    ``wh × ww``: the fallback window."""
     blocked = np.isneginf(crop)
 
     def state(box: tuple[int, int, int, int]) -> int:
         x, y, w, h = box
-        if w > reach or h > reach or blocked[y:y + h, x:x + w].any():
+        verdict = limits.verdict(w, h)
+        if verdict != _BIG and blocked[y:y + h, x:x + w].any():
             return _BIG  # grows monotonically as the threshold falls, like the sides
-        if h < shortest[0] or w < shortest[1]:
-            return _SMALL
-        return _OK
+        return verdict
 
     thresholds = np.unique(crop[crop > 0])  # ascending; the last is the peak value
     small = len(thresholds) - 1  # index known to give a small box (checked next)
-    box = _component_box(crop, cy, cx, thresholds[small])
+    box = _component_box(crop, cy, cx, thresholds[small], structure)
     verdict = state(box)
     if verdict == _OK:
         return box
@@ -359,7 +461,7 @@ def _adaptive_box(crop: np.ndarray, cy: int, cx: int, reach: int, shortest: tupl
         big = -1  # lower indices (thresholds) give larger components; -1: not known yet
         while small - big > 1:
             mid = (small + big) // 2
-            box = _component_box(crop, cy, cx, thresholds[mid])
+            box = _component_box(crop, cy, cx, thresholds[mid], structure)
             verdict = state(box)
             if verdict == _OK:
                 return box

@@ -20,13 +20,15 @@ import yaml
 from alkit.al.task import DEFAULT_TASK, Task, TaskConfigError, TaskError, TaskSettings, available_tasks, task_class
 from alkit.al.uncertainty import mc_samples_for
 from alkit.embeddings.cohort import expand_slide_paths
+from alkit.captions.images import ImagePrep
 from alkit.errors import AlkitError
 from alkit.prototypes.build import ClassQuery
 from alkit.prototypes.prototype_set import PrototypeError
-from alkit.selection.strategy import available_strategies
+from alkit.selection.regions import check_selector_options
+from alkit.selection.strategy import StrategyError, available_strategies, get_strategy
 
-KNOWN_KEYS = ("study", "cohort", "embedding", "prototypes", "strategies", "selector", "budgets", "seeds", "loop",
-              "task", "out")
+KNOWN_KEYS = ("study", "cohort", "embedding", "prototypes", "strategies", "strategy_params", "selector",
+              "selector_options", "budgets", "seeds", "loop", "task", "out")
 SELECTORS = ("standard", "adaptive")
 
 
@@ -57,6 +59,8 @@ class StudyConfig:
     out: Path
     slide_mpp: float | None = None
     validation_slides: list[Path] = field(default_factory=list)
+    selector_options: dict = field(default_factory=dict)  # e.g. the reference's adaptive rules
+    strategy_params: dict = field(default_factory=dict)  # strategy name -> its parameters
     extra: dict = field(default_factory=dict)
 
     @property
@@ -152,6 +156,22 @@ def _prototypes(raw: dict, path: Path, strategies: list[str], resolve) -> dict:
         return protos
     if not protos:
         raise ConfigError(f"{path}: key 'prototypes' is required by the prototype strategy")
+    exclude = protos.get("exclude", [])
+    if isinstance(exclude, str):  # a file of ids (one per line, or a JSON list)
+        protos["exclude"] = resolve(exclude)
+        if not Path(protos["exclude"]).is_file():
+            raise ConfigError(f"{path}: key 'prototypes.exclude': no file {protos['exclude']}")
+    elif not isinstance(exclude, list) or not all(isinstance(i, (str, int)) for i in exclude):
+        raise ConfigError(f"{path}: key 'prototypes.exclude' must be a list of image ids or an id file, got {exclude!r}")
+    prep = protos.get("prep")
+    if prep is not None:
+        if not isinstance(prep, dict) or set(prep) - {"mode", "size", "scale"}:
+            raise ConfigError(f"{path}: key 'prototypes.prep' is a mapping of 'mode' (crop | resize), 'size' (px) "
+                              f"and 'scale', got {prep!r}")
+        try:
+            ImagePrep(prep.get("mode", "crop"), prep.get("size"), prep.get("scale", 1.0))
+        except (AlkitError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{path}: key 'prototypes.prep': {exc}") from None
     if "path" in protos:
         protos["path"] = resolve(protos["path"])
     elif "db" in protos:
@@ -201,6 +221,22 @@ def load_config(path: str | os.PathLike) -> StudyConfig:
     selector = _get(raw, "selector", path, str, "standard")
     if selector not in SELECTORS:
         raise ConfigError(f"{path}: key 'selector' must be 'standard' or 'adaptive', got {selector!r}")
+    strategy_params = dict(_get(raw, "strategy_params", path, dict, {}))
+    for name, params in strategy_params.items():
+        if name not in strategies and name != "uncertainty":
+            raise ConfigError(f"{path}: key 'strategy_params.{name}': {name!r} is not among 'strategies' {strategies}")
+        if not isinstance(params, dict):
+            raise ConfigError(f"{path}: key 'strategy_params.{name}' must be a mapping of parameters, got {params!r}")
+        if name not in ("prototype", "uncertainty"):  # those two need the study's prototypes / task: checked there
+            try:
+                get_strategy(name, **params)
+            except StrategyError as exc:
+                raise ConfigError(f"{path}: key 'strategy_params.{name}': {exc}") from None
+    selector_options = dict(_get(raw, "selector_options", path, dict, {}))
+    try:
+        check_selector_options(selector, selector_options)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: key 'selector_options': {exc}") from None
     slides, test_slides, validation_slides = _slides(raw, path, resolve)
     protos = _prototypes(raw, path, strategies, resolve)
     embedding = dict(_get(raw, "embedding", path, dict))
@@ -224,4 +260,5 @@ def load_config(path: str | os.PathLike) -> StudyConfig:
         ground_truth=truth, embedding=embedding, prototypes=settings.prototypes, strategies=list(strategies),
         selector=selector, n=_int_list(raw, "budgets.n", path), l=_int_list(raw, "budgets.l", path),
         seeds=_int_list(raw, "seeds", path, positive=False), cycles=cycles, acquisition=acquisition, task=task,
-        out=Path(resolve(_get(raw, "out", path, str))), slide_mpp=slide_mpp, validation_slides=validation_slides)
+        out=Path(resolve(_get(raw, "out", path, str))), slide_mpp=slide_mpp, validation_slides=validation_slides,
+        selector_options=selector_options, strategy_params=strategy_params)

@@ -1,7 +1,10 @@
-"""Text-to-image retrieval with a tiny random-init OpenCLIP model (offline): ranking, tags, top-N, contrast
-prompts, precomputed embeddings checked against the encoder, and image-tower embeddings computed once and cached."""
+"""Text-to-image retrieval with a tiny random-init OpenCLIP model (offline): ranking (cosine, and the reference's
+softmax over class prompts), tags, top-N, contrast prompts, precomputed embeddings checked against the encoder,
+image-tower embeddings computed once and cached, and the rank option of class queries and `alkit prototypes build`."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pandas as pd
@@ -10,9 +13,12 @@ import torch
 from PIL import Image
 
 from alkit.captions import CaptionDBError, ImageEmbedder, ImagePrep, NoHitsError, load_arch, load_table
-from alkit.captions.retrieval import (DEFAULT_TEMPLATE, RETRIEVAL_PREP, format_prompt, retrieve, text_embeddings)
+from alkit.captions.retrieval import (DEFAULT_TEMPLATE, RANKS, RETRIEVAL_PREP, SOFTMAX_SCALE, format_prompt, retrieve,
+                                     softmax_scores, text_embeddings)
+from alkit.cli import main
 from alkit.embeddings.encoders import get_encoder, l2_normalise
-from alkit.prototypes.prototype_set import EncoderMismatchError
+from alkit.prototypes.build import ClassQuery, build_prototype_set, find_class_images, with_softmax_contrast
+from alkit.prototypes.prototype_set import EncoderMismatchError, PrototypeError, PrototypeSet
 from alkit.synthetic import generate_cohort
 
 CLASSES = ("tumor", "normal", "artefact")
@@ -30,8 +36,9 @@ def prompts(clip) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def precomputed(clip, prompts, tmp_path_factory):
-    """An OpenPath-style database whose image embeddings sit near the class prompts: 5 per class, 3 mixed."""
+def precomputed_folder(clip, prompts, tmp_path_factory):
+    """An OpenPath-style database (tweets.csv + emb.npy) whose image embeddings sit near the class prompts:
+    5 per class, 3 mixed."""
     rng = np.random.default_rng(0)
     rows, emb = [], []
     for c, name in enumerate(CLASSES):
@@ -45,8 +52,13 @@ def precomputed(clip, prompts, tmp_path_factory):
     folder = tmp_path_factory.mktemp("openpath")
     pd.DataFrame(rows).to_csv(folder / "tweets.csv", index=False)
     np.save(folder / "emb.npy", l2_normalise(np.array(emb, np.float32)))
-    return load_table(folder / "tweets.csv", columns={"tags": "hashtag", "caption": "text"},
-                      embeddings=folder / "emb.npy", embedding_encoder=clip.name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def precomputed(clip, precomputed_folder):
+    return load_table(precomputed_folder / "tweets.csv", columns={"tags": "hashtag", "caption": "text"},
+                      embeddings=precomputed_folder / "emb.npy", embedding_encoder=clip.name)
 
 
 def test_ranking_is_cosine_to_the_prompt(clip, prompts, precomputed):
@@ -138,3 +150,109 @@ def test_image_tower_embeddings_are_computed_once_and_cached(clip, image_db, tmp
     nocache = ImageEmbedder(clip, ImagePrep("crop", size=32), cache_dir=tmp_path / "none", use_cache=False)
     nocache.embed(image_db, image_db.ids[:2])
     assert nocache.computed == 2 and not (tmp_path / "none").exists()
+
+
+# ---------------------------------------------------------------- rank: the reference's softmax
+
+
+def _reference_softmax(images: np.ndarray, texts: np.ndarray) -> np.ndarray:
+    """The reference's scores, written as it writes them: ``(100 · images @ texts.T).softmax(dim=1)``, per
+    image the probability of each prompt (torch, float32)."""
+    return (100.0 * torch.from_numpy(images) @ torch.from_numpy(texts).t()).softmax(dim=1).numpy()
+
+
+def test_softmax_ranks_by_the_class_probability_over_the_class_prompts(clip, prompts, precomputed):
+    db = precomputed
+    r = retrieve(db, clip, "tumor", contrast=["normal", "artefact"], rank="softmax", top_n=100)
+    assert r.rank == "softmax" and r.query()["rank"] == "softmax"
+    probs = _reference_softmax(db.embeddings, prompts)
+    own = probs[:, 0]
+    sims = db.embeddings @ prompts.T
+    kept = np.flatnonzero(sims[:, 0] > sims[:, 1:].max(axis=1))  # the images whose predicted class is tumour
+    # the reference's argmax keeps these and, on a tie, the first class: the image halfway (mixed1) may go either way
+    extra = np.setdiff1d(np.flatnonzero(probs.argmax(axis=1) == 0), kept)
+    assert set(kept) <= set(np.flatnonzero(probs.argmax(axis=1) == 0)) and set(db.ids[i] for i in extra) <= {"mixed1"}
+    order = kept[np.argsort(-own[kept], kind="stable")]
+    assert r.ids == [db.ids[i] for i in order]
+    np.testing.assert_allclose(r.scores, own[order], rtol=1e-5, atol=1e-6)
+    assert np.all(np.diff(r.scores) <= 0) and np.all((r.scores > 0) & (r.scores <= 1))
+    assert [str(s) for s in r.steps][-2:] == [f"closer to 'tumor' than to 'normal', 'artefact': {len(kept)}",
+                                              f"top 100: {len(kept)}"]
+    assert {f"tumor{i}" for i in range(5)} <= set(r.ids)
+    assert retrieve(db, clip, "tumor", contrast=["normal", "artefact"], top_n=100).query().get("rank") is None
+    # the probabilities themselves: max-subtracted float64, equal to a plain softmax
+    sims = np.array([[0.3, 0.2, -0.1], [0.9, 0.95, 0.1], [1.0, 1.0, 1.0]])
+    plain = np.exp(SOFTMAX_SCALE * sims) / np.exp(SOFTMAX_SCALE * sims).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(softmax_scores(sims), plain[:, 0], rtol=1e-12)
+    assert softmax_scores(np.array([[1e3, -1e3]]))[0] == 1.0  # no overflow
+
+
+def test_softmax_and_cosine_order_images_differently(clip, tmp_path):
+    """An image on the tumour prompt (cosine 1) is also close to the normal prompt; an image turned away from
+    the normal prompt has a lower cosine but a larger margin: cosine ranks the first first, softmax the second."""
+    t0, t1 = text_embeddings(clip, [format_prompt(DEFAULT_TEMPLATE, c) for c in ("tumor", "normal")]).astype(np.float64)
+    cos_phi = float(t0 @ t1)
+    e1 = (t1 - cos_phi * t0) / np.linalg.norm(t1 - cos_phi * t0)
+    sin_phi = float(np.sqrt(1 - cos_phi ** 2))
+    on_prompt, turned_away = t0, cos_phi * t0 - sin_phi * e1  # cosines to (t0, t1): (1, cos φ), (cos φ, cos 2φ)
+    emb = np.stack([on_prompt, turned_away, t1]).astype(np.float32)
+    pd.DataFrame({"id": ["on", "away", "normal"], "text": ["a", "b", "c"]}).to_csv(tmp_path / "t.csv", index=False)
+    db = load_table(tmp_path / "t.csv", columns={"caption": "text"}, embeddings=emb, embedding_encoder=clip.name)
+    assert retrieve(db, clip, "tumor", contrast=["normal"]).ids == ["on", "away"]
+    assert retrieve(db, clip, "tumor", contrast=["normal"], rank="softmax").ids == ["away", "on"]
+
+
+def test_rank_errors(clip, precomputed):
+    assert RANKS == ("cosine", "softmax")
+    with pytest.raises(CaptionDBError, match="no other class is given to contrast with"):
+        retrieve(precomputed, clip, "tumor", rank="softmax")
+    with pytest.raises(CaptionDBError, match="no other class"):
+        retrieve(precomputed, clip, "tumor", contrast=["tumor"], rank="softmax")  # itself does not count
+    with pytest.raises(CaptionDBError, match="rank must be one of cosine, softmax"):
+        retrieve(precomputed, clip, "tumor", rank="dot")
+
+
+def test_class_queries_take_the_rank(clip, precomputed):
+    query = ClassQuery.from_config("tumor", {"prompt": DEFAULT_TEMPLATE, "rank": "softmax", "top_n": 3})
+    assert query.rank == "softmax" and query.contrast == ()
+    assert ClassQuery.from_config("tumor", {"prompt": DEFAULT_TEMPLATE}).rank == "cosine"  # the default
+    with pytest.raises(PrototypeError, match=r"key 'prototypes.classes.tumor.rank' must be one of cosine, softmax"):
+        ClassQuery.from_config("tumor", {"prompt": DEFAULT_TEMPLATE, "rank": "dot"})
+    with pytest.raises(PrototypeError, match=r"'prototypes.classes.tumor.rank' does not go with 'with'"):
+        ClassQuery.from_config("tumor", {"with": [["tumor"]], "rank": "softmax"})
+    with pytest.raises(PrototypeError, match="rank must be one of"):
+        ClassQuery("tumor", prompt=DEFAULT_TEMPLATE, rank="dot")
+    # a study's softmax classes are contrasted with its other retrieval classes (keyword classes have no prompt)
+    queries = with_softmax_contrast([query, ClassQuery("normal", prompt=DEFAULT_TEMPLATE),
+                                     ClassQuery("mitosis", ids=("x",))])
+    assert queries[0].contrast == ("normal",) and queries[1:] == [ClassQuery("normal", prompt=DEFAULT_TEMPLATE),
+                                                                  ClassQuery("mitosis", ids=("x",))]
+    with pytest.raises(PrototypeError, match="rank 'softmax' is over the prompts of several classes"):
+        with_softmax_contrast([query, ClassQuery("mitosis", ids=("x",))])
+    found = find_class_images(precomputed, queries[0], clip)
+    expected = retrieve(precomputed, clip, "tumor", top_n=3, contrast=["normal"], rank="softmax")
+    assert found.ids == expected.ids and found.provenance == expected.query() and found.provenance["rank"] == "softmax"
+
+
+def test_cli_rank_softmax_contrasts_the_retrieval_classes(clip, tiny_clip_spec, precomputed, precomputed_folder,
+                                                          tmp_path, capsys):
+    db_args = ["--db", str(precomputed_folder / "tweets.csv"), "--columns", "tags=hashtag,caption=text",
+               "--embeddings", str(precomputed_folder / "emb.npy"), "--embeddings-encoder", clip.name]
+    out = tmp_path / "cli"
+    assert main(["prototypes", "build", *db_args, "--encoder", tiny_clip_spec, "--class", "tumor", "--class",
+                 "normal", "--rank", "softmax", "--top-n", "3", "--out", str(out), "-q"]) == 0
+    api = build_prototype_set(precomputed, [
+        ClassQuery("tumor", prompt=DEFAULT_TEMPLATE, top_n=3, contrast=("normal",), rank="softmax"),
+        ClassQuery("normal", prompt=DEFAULT_TEMPLATE, top_n=3, contrast=("tumor",), rank="softmax")], clip)
+    api.save(tmp_path / "api")
+    assert (out / "prototypes.npz").read_bytes() == (tmp_path / "api" / "prototypes.npz").read_bytes()
+    docs = [json.loads((d / "prototypes.json").read_text()) for d in (out, tmp_path / "api")]
+    for doc in docs:
+        doc.pop("created")
+    assert docs[0] == docs[1] and {c["query"]["rank"] for c in docs[0]["classes"]} == {"softmax"}
+    assert PrototypeSet.load(out).names == ["tumor", "normal"]
+    capsys.readouterr()
+    # one retrieval class has nothing to take a softmax over: refused, saying why
+    assert main(["prototypes", "build", *db_args, "--encoder", tiny_clip_spec, "--class", "tumor", "--rank",
+                 "softmax", "--out", str(tmp_path / "one"), "-q"]) == 2
+    assert "no other class is given to contrast with" in capsys.readouterr().err

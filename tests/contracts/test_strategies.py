@@ -5,9 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from alkit.al.areas import box_mm2, tissue_mm2
+from alkit.al.pool import LabeledPool
 from alkit.prototypes.prototype_set import ClassPrototypes, PrototypeSet
 from alkit.selection.regions import boxes_overlap
-from alkit.selection.strategy import Budget, Selection, StrategyError, available_strategies, get_strategy
+from alkit.selection.strategy import (Budget, RegionPick, Selection, StrategyError, available_strategies,
+                                      get_strategy)
 
 BUDGET = Budget(n=3, size=1024)  # 4 x 4 cells of the 16 x 16 grid
 
@@ -50,11 +53,20 @@ def _build(name: str, cohort, **extra):
 
 
 def test_builtins_are_registered():
-    assert {"random", "diversity", "prototype", "uncertainty"} <= set(available_strategies())
+    assert {"random", "diversity", "prototype", "uncertainty", "full"} <= set(available_strategies())
     with pytest.raises(StrategyError, match="unknown strategy 'nope'"):
         get_strategy("nope")
     with pytest.raises(StrategyError, match="bad parameters"):
         get_strategy("random", colour="red")
+
+
+def _unlabeled_embedded_cells(slide, picks, labeled) -> list[tuple[int, int]]:
+    """Embedded cells whose centre lies neither in a pick nor in a labeled box (the pool's rule)."""
+    pool = LabeledPool()
+    pool.add([RegionPick(slide.slide_id, tuple(b), "labeled") for b in labeled], cycle=0)
+    pool.add(picks, cycle=1)
+    ids = pool.cell_region_ids(slide.slide_id, slide.grid)
+    return [tuple(c) for c in slide.store().coords.tolist() if ids[c[0], c[1]] < 0]
 
 
 @pytest.mark.parametrize("name", available_strategies())
@@ -67,10 +79,16 @@ def test_every_strategy_honours_the_contract(name, embedded_cohort):
     selection = strategy.select(cohort, BUDGET, np.random.default_rng(7), labeled=labeled)
     assert isinstance(selection, Selection) and selection.strategy == strategy.name == name
     counts = selection.counts()
+    budget_sized = getattr(strategy, "budget_sized", True)
     for slide in cohort:
         picks = selection.for_slide(slide.slide_id)
-        assert len(picks) == counts.get(slide.slide_id, 0) <= BUDGET.n
-        assert len(picks) + selection.shortfall[slide.slide_id] == BUDGET.n
+        assert len(picks) == counts.get(slide.slide_id, 0)
+        if budget_sized:
+            assert len(picks) <= BUDGET.n
+            assert len(picks) + selection.shortfall[slide.slide_id] == BUDGET.n
+        else:  # a strategy that ignores the budget (full) must label every embedded cell instead
+            assert selection.shortfall[slide.slide_id] == 0
+            assert _unlabeled_embedded_cells(slide, picks, labeled.get(slide.slide_id, [])) == []
         w, h = slide.grid.dimensions
         for p in picks:
             x, y, bw, bh = p.box
@@ -107,6 +125,28 @@ def test_prototype_classes_share_the_budget_round_robin(embedded_cohort):
         assert set(selection.score_maps[slide]) == {"similarity:a", "similarity:b"}
     with pytest.raises(StrategyError, match="selector"):
         get_strategy("prototype", prototypes=_prototypes_from(embedded_cohort), selector="best")
+
+
+def test_full_labels_every_tissue_cell_of_every_slide_whatever_the_budget(embedded_cohort):
+    from strategies.full import rectangles
+
+    for budget in (BUDGET, Budget(n=0, size=1)):
+        selection = get_strategy("full").select(embedded_cohort, budget, np.random.default_rng(0))
+        assert selection.shortfall == {s: 0 for s in embedded_cohort.ids}
+        for slide in embedded_cohort:
+            picks = selection.for_slide(slide.slide_id)
+            assert len(picks) == 1  # one tissue bounding box per slide
+            assert _unlabeled_embedded_cells(slide, picks, []) == []
+        annotated = sum(box_mm2(embedded_cohort.slide(p.slide), embedded_cohort.slide(p.slide).grid.tissue_fraction,
+                                p.box) for p in selection.regions)
+        assert annotated == pytest.approx(tissue_mm2(embedded_cohort))  # 100 % of the tissue
+    rng = np.random.default_rng(3)
+    for _ in range(20):  # the split around labeled regions covers exactly the free cells, without overlaps
+        free = rng.random((9, 11)) > 0.3
+        covered = np.zeros(free.shape, int)
+        for x, y, w, h in rectangles(free):
+            covered[y:y + h, x:x + w] += 1
+        assert (covered == free).all()
 
 
 def _tumour_share(picks, synthetic_cohort) -> list[float]:

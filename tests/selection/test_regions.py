@@ -1,8 +1,11 @@
-"""Region selectors: properties (hypothesis), brute-force agreement, borders, flat maps, edge cases."""
+"""Region selectors: properties (hypothesis), brute-force agreement, borders, flat maps, edge cases, and the
+adaptive selector's reference options (area rule, median filter, 8-connectivity, half-size fallback)."""
 
 from __future__ import annotations
 
 import math
+from collections import deque
+from functools import partial
 
 import numpy as np
 import pytest
@@ -11,10 +14,15 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy.ndimage import gaussian_filter
 
-from alkit.selection.regions import (Region, box_sums, boxes_overlap, overlap_mask, select_adaptive,
-                           select_standard)
+from alkit.selection.regions import (SELECTOR_OPTIONS, Region, box_sums, boxes_overlap, check_selector_options,
+                                    overlap_mask, select_adaptive, select_standard)
 
 SELECTORS = [select_standard, select_adaptive]
+#: the adaptive selector with the reference's area rule, and with every reference option
+AREA = partial(select_adaptive, rule="area")
+REFERENCE = partial(select_adaptive, rule="area", median_filter=True, connectivity=8, fallback="half")
+ALL_SELECTORS = [*SELECTORS, AREA, REFERENCE]
+ALL_IDS = ["standard", "adaptive", "adaptive-area", "adaptive-reference"]
 PROPS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -183,7 +191,7 @@ def test_selector_properties(m, size, n, labeled, nan_at):
         if y < m.shape[0] and x < m.shape[1]:
             m[y, x] = np.nan
     before = m.copy()
-    for select in SELECTORS:
+    for select in ALL_SELECTORS:
         picks = select(m, size, n, labeled)
         _check_selection(picks, m, n, labeled)
         assert select(m.copy(), size, n, list(labeled)) == picks  # deterministic
@@ -241,11 +249,11 @@ def test_adaptive_elongated_blob_gets_an_elongated_box():
 @pytest.mark.parametrize("shape,size", [((50, 70), 16), ((9, 40), 16), ((33, 33), 1)])
 def test_flat_maps_give_non_repeating_picks_that_tile_the_map(shape, size):
     m = np.full(shape, 0.5, np.float32)
-    for select in SELECTORS:
+    for select in ALL_SELECTORS:
         picks = select(m, size, 10_000)
         _check_selection(picks, m, 10_000, [])
         assert len(set(picks)) == len(picks)
-        if select is select_adaptive:  # every cell is positive, so everything gets covered
+        if select in (select_adaptive, AREA):  # every cell is positive, so everything gets covered
             assert sum(w * h for _, _, w, h in picks) == m.size
     assert select_adaptive(m, size, 3)[0] == (0, 0, min(size, shape[1]), min(size, shape[0]))
 
@@ -280,9 +288,249 @@ def test_adaptive_component_wrapping_around_a_labeled_box_is_not_taken_as_is():
     _check_selection(picks, m, 5, labeled)
 
 
+# ----------------------------------------------------------------- adaptive: today's picks
+
+# Picks of the adaptive selector before its options existed, on the maps of the tests above: the
+# defaults (rule "sides", no median filter, 4-connected, "window" fallback) must keep them exactly.
+_CENTRES = [(60, 70), (250, 300), (400, 90), (120, 420), (380, 460)]
+
+
+def _elongated():
+    yy, xx = np.mgrid[:200, :200]
+    return np.exp(-((yy - 100) ** 2 / (2 * 4 ** 2) + (xx - 100) ** 2 / (2 * 9 ** 2)))
+
+
+def _border_peak(y, x):
+    yy, xx = np.mgrid[:200, :300]
+    return np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 6.0 ** 2)) + 1e-3
+
+
+def _wrapped_plateau():
+    m = np.zeros((60, 60))
+    m[10:40, 10:40] = 0.5
+    m[25, 25] = 1.0
+    return m
+
+
+TODAY = [
+    (lambda: _blob_map((512, 560), _CENTRES, 5), 16, 5, [],
+     [(61, 51, 19, 19), (291, 241, 19, 19), (81, 391, 19, 19), (411, 111, 19, 19), (451, 371, 19, 19)]),
+    (lambda: _blob_map((512, 560), _CENTRES, 9), 32, 5, [],
+     [(51, 41, 39, 39), (281, 231, 39, 39), (71, 381, 39, 39), (401, 101, 39, 39), (441, 361, 39, 39)]),
+    (lambda: _blob_map((512, 560), _CENTRES, 20), 64, 5, [],
+     [(25, 14, 92, 93), (262, 212, 77, 77), (52, 362, 77, 77), (382, 82, 77, 77), (422, 342, 77, 77)]),
+    (_elongated, 32, 1, [], [(81, 92, 39, 17)]),
+    (lambda: _border_peak(0, 0), 24, 4, [], [(0, 0, 30, 30), (30, 0, 12, 30), (0, 30, 33, 15), (42, 0, 24, 24)]),
+    (lambda: _border_peak(199, 299), 24, 4, [],
+     [(270, 170, 30, 30), (270, 158, 30, 12), (255, 167, 15, 33), (276, 134, 24, 24)]),
+    (lambda: _border_peak(0, 150), 24, 4, [],
+     [(137, 0, 27, 14), (113, 0, 24, 24), (164, 0, 24, 24), (137, 14, 27, 13)]),
+    (lambda: _border_peak(100, 299), 24, 4, [],
+     [(286, 87, 14, 27), (276, 63, 24, 24), (262, 88, 24, 24), (276, 114, 24, 24)]),
+    (_wrapped_plateau, 20, 5, [(15, 15, 8, 8)],
+     [(23, 15, 20, 20), (0, 0, 15, 20), (15, 0, 20, 15), (35, 0, 20, 15), (0, 20, 15, 20)]),
+    (lambda: _blob_map((30, 200), [(15, 100)], 6), 64, 1, [], [(75, 0, 50, 30)]),
+]
+
+
+@pytest.mark.parametrize("make,size,n,labeled,expected", TODAY)
+def test_adaptive_defaults_keep_todays_picks(make, size, n, labeled, expected):
+    m = make()
+    assert select_adaptive(m, size, n, labeled) == expected
+    assert select_adaptive(m, size, n, labeled, rule="sides", median_filter=False, connectivity=4,
+                           fallback="window") == expected
+
+
+# --------------------------------------------------------- adaptive options: brute force
+
+def _median3(m: np.ndarray) -> np.ndarray:
+    """3 × 3 median, zero-padded, cell by cell."""
+    height, width = m.shape
+    out = np.zeros_like(m)
+    for y in range(height):
+        for x in range(width):
+            window = [m[yy, xx] if 0 <= yy < height and 0 <= xx < width else 0.0
+                      for yy in range(y - 1, y + 2) for xx in range(x - 1, x + 2)]
+            out[y, x] = sorted(window)[4]
+    return out
+
+
+def _component(values, free, start, threshold, connectivity):
+    """Cells reachable from ``start`` through free cells >= threshold (breadth-first search)."""
+    steps = [(-1, 0), (1, 0), (0, -1), (0, 1)]
+    if connectivity == 8:
+        steps += [(-1, -1), (-1, 1), (1, -1), (1, 1)]
+    seen, queue = {start}, deque([start])
+    while queue:
+        y, x = queue.popleft()
+        for dy, dx in steps:
+            cell = (y + dy, x + dx)
+            if (0 <= cell[0] < values.shape[0] and 0 <= cell[1] < values.shape[1] and cell not in seen
+                    and free[cell] and values[cell] >= threshold):
+                seen.add(cell)
+                queue.append(cell)
+    return seen
+
+
+def _acceptable(w, h, size, shape, rule) -> bool:
+    """The size bounds, written from their definitions: sides in [ceil(size/2), floor(1.5·size)], or the
+    area in [floor(size/2)², floor(1.5·size)²]; the lower bounds clipped to the map."""
+    height, width = shape
+    longest = math.floor(1.5 * size)
+    if rule == "sides":
+        low = math.ceil(size / 2)
+        return min(low, height) <= h <= longest and min(low, width) <= w <= longest
+    low = math.floor(size / 2)
+    return min(low, height) * min(low, width) <= w * h <= longest ** 2
+
+
+def _brute_adaptive_step(m, size, boxes, rule="sides", median_filter=False, connectivity=4, fallback="window"):
+    """The peak, every acceptable component box (over every threshold) and the fallback window, or None."""
+    values = np.nan_to_num(m).astype(np.float64)
+    if median_filter:
+        values = _median3(values)
+    height, width = values.shape
+    free = np.ones(values.shape, bool)
+    for x, y, w, h in boxes:
+        for yy in range(max(y, 0), min(y + h, height)):
+            for xx in range(max(x, 0), min(x + w, width)):
+                free[yy, xx] = False
+    cells = [(values[y, x], -y, -x) for y in range(height) for x in range(width) if free[y, x]]
+    if not cells or max(cells)[0] <= 0:
+        return None
+    _, ny, nx = max(cells)  # highest value, then smallest y, then smallest x
+    peak = (-ny, -nx)
+    accepted = set()
+    for threshold in sorted({v for v, _, _ in cells if v > 0}, reverse=True):
+        comp = _component(values, free, peak, threshold, connectivity)
+        ys, xs = [c[0] for c in comp], [c[1] for c in comp]
+        box = (min(xs), min(ys), max(xs) - min(xs) + 1, max(ys) - min(ys) + 1)
+        x, y, w, h = box
+        if free[y:y + h, x:x + w].all() and _acceptable(w, h, size, values.shape, rule):
+            accepted.add(box)
+    side = size if fallback == "window" else max(size // 2, 1)
+    wh, ww = min(side, height), min(side, width)
+    windows = [(x, y, ww, wh) for y in range(height - wh + 1) for x in range(width - ww + 1)
+               if y <= peak[0] < y + wh and x <= peak[1] < x + ww and free[y:y + wh, x:x + ww].all()]
+    offset = lambda b: ((2 * b[1] + wh - 1 - 2 * peak[0]) ** 2 + (2 * b[0] + ww - 1 - 2 * peak[1]) ** 2, b[1], b[0])
+    return peak, accepted, min(windows, key=offset) if windows else None, (wh, ww)
+
+
+_OPTIONS = st.fixed_dictionaries({}, optional={"rule": st.sampled_from(["sides", "area"]),
+                                               "median_filter": st.booleans(),
+                                               "connectivity": st.sampled_from([4, 8]),
+                                               "fallback": st.sampled_from(["window", "half"])})
+
+
+@PROPS
+@given(m=_int_maps(12, -2, 6), size=st.integers(1, 8), n=st.integers(1, 5), labeled=_boxes, options=_OPTIONS)
+def test_adaptive_equals_brute_force_threshold_search_under_every_option(m, size, n, labeled, options):
+    picks = select_adaptive(m, size, n, labeled, **options)
+    _check_selection(picks, m, n, labeled)
+    taken = [tuple(b) for b in labeled if b[2] > 0 and b[3] > 0]
+    for pick in picks:
+        step = _brute_adaptive_step(m, size, taken, **options)
+        assert step is not None
+        (py, px), accepted, window, (wh, ww) = step
+        x, y, w, h = pick
+        assert x <= px < x + w and y <= py < y + h  # every box holds its peak
+        if accepted:  # some threshold gives an acceptable component: the pick is one of them
+            assert pick in accepted
+        elif window is not None:  # none does: the most centred free fallback window
+            assert pick == window
+        else:  # no free window holds the peak: a smaller box grown from it
+            assert w <= ww and h <= wh
+        taken.append(pick)
+    if len(picks) < n:
+        assert _brute_adaptive_step(m, size, taken, **options) is None
+
+
+def _blob_12x6() -> np.ndarray:
+    m = np.zeros((30, 40))
+    m[10:16, 10:22] = 1.0  # 6 rows, 12 columns
+    return m
+
+
+def test_area_rule_accepts_an_elongated_blob_that_the_sides_rule_refuses():
+    m = _blob_12x6()
+    # size 7: sides must lie in [4, 10] (12 is too long); the area 72 lies in [3², 10²]
+    assert select_adaptive(m, 7, 1, rule="area") == [(10, 10, 12, 6)]
+    assert select_adaptive(m, 7, 1, rule="area", fallback="half") == [(10, 10, 12, 6)]
+    assert select_adaptive(m, 7, 1) == [(7, 7, 7, 7)]  # the fallback: a 7 × 7 window centred on the peak
+    assert select_adaptive(m, 7, 1, fallback="half") == [(9, 9, 3, 3)]  # l_min = 3
+    # size 8: both rules take the blob (sides in [4, 12]; area in [4², 12²])
+    assert select_adaptive(m, 8, 1) == select_adaptive(m, 8, 1, rule="area") == [(10, 10, 12, 6)]
+    # size 16: the blob is too small for the sides rule (6 < 8) and big enough for the area (72 >= 8²)
+    assert select_adaptive(m, 16, 1, rule="area") == [(10, 10, 12, 6)]
+    assert select_adaptive(m, 16, 1)[0] != (10, 10, 12, 6)
+
+
+def test_area_rule_accepts_a_thin_line_far_longer_than_any_side_the_sides_rule_allows():
+    m = np.zeros((5, 200))
+    m[2, 10:110] = 1.0  # 1 × 100, area 100 <= 12²
+    assert select_adaptive(m, 8, 1, rule="area") == [(10, 2, 100, 1)]
+    assert select_adaptive(m, 8, 1) == [(6, 0, 8, 5)]
+
+
+def test_median_filter_ignores_an_isolated_hot_cell():
+    m = np.zeros((40, 40))
+    m[30, 5] = 1.0  # one outlier cell
+    m[10:18, 20:28] = 0.5  # an 8 × 8 plateau
+    assert select_adaptive(m, 8, 1) == [(1, 26, 8, 8)]  # the outlier is the peak: fallback window
+    assert select_adaptive(m, 8, 1, median_filter=True) == [(20, 10, 8, 8)]  # filtered away: the plateau
+    assert select_adaptive(m, 8, 5, median_filter=True) == [(20, 10, 8, 8)]  # no positive cell left
+    filtered = _median3(m)
+    assert filtered[30, 5] == 0 and filtered[10, 20] == 0 and (filtered[10, 21:27] == 0.5).all()  # corners go
+
+
+def test_eight_connectivity_joins_diagonal_neighbours():
+    m = np.zeros((20, 20))
+    m[np.arange(10), np.arange(10)] = 1.0
+    assert select_adaptive(m, 8, 1, connectivity=8) == [(0, 0, 10, 10)]
+    assert select_adaptive(m, 8, 1) == [(0, 0, 8, 8)]  # 4-connected: one cell, too small: fallback
+
+
+@pytest.mark.parametrize("size,expected", [(8, (23, 18, 4, 4)), (10, (23, 18, 5, 5)), (1, (25, 20, 1, 1))])
+def test_half_fallback_is_the_reference_box_around_the_peak(size, expected):
+    m = np.zeros((50, 60))
+    m[20, 25] = 1.0  # too small a blob for any size above 1
+    l_min = max(size // 2, 1)
+    (box,) = select_adaptive(m, size, 1, fallback="half")
+    assert box == expected == (25 - l_min // 2, 20 - l_min // 2, l_min, l_min)  # the reference's placement
+    m = np.zeros((50, 60))
+    m[0, 59] = 1.0
+    assert select_adaptive(m, 8, 1, fallback="half") == [(56, 0, 4, 4)]  # shifted inside, the peak kept
+
+
+def test_selector_options_are_checked_in_one_place():
+    assert set(SELECTOR_OPTIONS) == {"standard", "adaptive"} and SELECTOR_OPTIONS["standard"] == {}
+    assert check_selector_options("adaptive") == {} == check_selector_options("standard", {})
+    given_ = {"rule": "area", "median_filter": True, "connectivity": 8, "fallback": "half"}
+    assert check_selector_options("adaptive", given_) == given_
+    assert {k: v[0] for k, v in SELECTOR_OPTIONS["adaptive"].items()} == {
+        "rule": "sides", "median_filter": False, "connectivity": 4, "fallback": "window"}  # the defaults
+    for selector, options, message in [
+            ("best", {}, "selector must be one of"),
+            ("standard", {"rule": "area"}, "standard selector has no option 'rule'"),
+            ("adaptive", {"shape": "box"}, "no option 'shape'"),
+            ("adaptive", {"rule": "perimeter"}, "'rule' must be one of 'sides', 'area'"),
+            ("adaptive", {"connectivity": 6}, "'connectivity'"),
+            ("adaptive", {"connectivity": 8.0}, "'connectivity'"),
+            ("adaptive", {"median_filter": 1}, "'median_filter'"),
+            ("adaptive", {"fallback": None}, "'fallback'"),
+            ("adaptive", ["rule", "area"], "mapping")]:
+        with pytest.raises(ValueError, match=message):
+            check_selector_options(selector, options)
+    m = np.ones((10, 10))
+    with pytest.raises(ValueError, match="'rule'"):
+        select_adaptive(m, 4, 1, rule="box")
+    with pytest.raises(ValueError, match="'connectivity'"):
+        select_adaptive(m, 4, 1, connectivity=True)
+
+
 # --------------------------------------------------------------------------- edge cases
 
-@pytest.mark.parametrize("select", SELECTORS)
+@pytest.mark.parametrize("select", ALL_SELECTORS, ids=ALL_IDS)
 def test_degenerate_inputs(select):
     m = np.random.default_rng(0).random((30, 30))
     assert select(m, 5, 0) == []
@@ -305,7 +553,7 @@ def test_degenerate_inputs(select):
 
 
 @pytest.mark.parametrize("scale", [1e-300, 1e-30, 1.0, 1e30, 1e300])
-@pytest.mark.parametrize("select", SELECTORS)
+@pytest.mark.parametrize("select", ALL_SELECTORS, ids=ALL_IDS)
 def test_extreme_magnitudes_select_like_the_unit_map(select, scale):
     m = _blob_map((120, 130), [(30, 40), (90, 100)], 5)
     assert select(m * scale, 16, 3) == select(m, 16, 3)
@@ -319,7 +567,7 @@ def test_map_smaller_than_size_clips_the_window():
     assert h <= 30 and 32 <= w <= 96 and x <= 100 < x + w
 
 
-@pytest.mark.parametrize("select", SELECTORS)
+@pytest.mark.parametrize("select", [*SELECTORS, REFERENCE], ids=["standard", "adaptive", "adaptive-reference"])
 def test_dense_mitosis_grid_is_quick_and_sane(select):
     rng = np.random.default_rng(0)
     m = gaussian_filter(rng.random((1560, 1560), np.float32), 8)

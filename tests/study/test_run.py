@@ -1,19 +1,25 @@
-"""Strategy comparison under MLflow: config validation, the tracked grid, resuming, summary, demo, server."""
+"""Strategy comparison under MLflow: config validation, the tracked grid (with the full-annotation reference),
+resuming, the evaluation-overlap warning, summary, demo, server."""
 
 from __future__ import annotations
 
+import csv
 import json
+import logging
 import os
 from pathlib import Path
 
+from matplotlib.image import imread
+import numpy as np
 import pytest
 import yaml
 from mlflow import MlflowClient
 
 from alkit.cli import main
+from alkit.embeddings.cohort import Cohort, CohortSlide
 from alkit.study.config import ConfigError, load_config
-from alkit.study.run import run_study
-from alkit.study.summary import summarise_study
+from alkit.study.run import OVERLAP_TAG, evaluation_overlap, run_study
+from alkit.study.summary import summarise_study, summary_table
 from alkit.study.demo import demo_config
 from conftest import on_tissue_count
 
@@ -62,7 +68,10 @@ def test_invalid_configs_fail_before_any_work_naming_the_key(demo_study, tmp_pat
         ("loop.cycles", 0, "key 'loop.cycles' must be >= 1"),
         ("task", {"kind": "tracking"}, "key 'task.kind' must be one of ['segmentation', 'detection']"),
         ("task", {"epochs": 3}, "key 'task' has unknown parameter(s) ['epochs'] for task 'segmentation'"),
-        ("cohort.validation_slides", base["cohort"]["test_slides"], "used by task.kind 'detection' only"),
+        ("selector_options", {"rule": "area"}, "key 'selector_options'"),
+        ("strategy_params", {"diversity": {"features": "pixels"}}, "key 'strategy_params.diversity'"),
+        ("strategy_params", {"magic": {}}, "key 'strategy_params.magic'"),
+        ("prototypes", {**base["prototypes"], "exclude": "/nowhere/ids.txt"}, "key 'prototypes.exclude': no file"),
         ("cohort.ground_truth", {"sliderunner": "x.sqlite"}, "for task.kind 'detection'"),
         ("prototypes", None, "key 'prototypes' is required"),
         ("colour", "red", "unknown key(s) ['colour']"),
@@ -76,41 +85,118 @@ def test_invalid_configs_fail_before_any_work_naming_the_key(demo_study, tmp_pat
         load_config(tmp_path / "absent.yaml")
 
 
+def _csv_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _non_trivial_png(path: Path) -> bool:
+    """A real plot: a PNG of some size that is not one flat colour."""
+    pixels = imread(path)[..., :3]
+    return path.stat().st_size > 1000 and (pixels < 0.9).mean() > 0.005
+
+
 def test_comparison_is_tracked_resumable_and_summarised(demo_study, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = load_config(demo_study)
+    assert config.cycles == 2 and "full" in config.strategies
     runs = run_study(config, tracking_uri=uri, progress=False)
-    assert sorted(r["params"]["strategy"] for r in runs) == ["diversity", "prototype", "random"]
+    assert sorted(r["params"]["strategy"] for r in runs) == ["diversity", "full", "prototype", "random"]
     for r in runs:
-        assert r["params"]["n"] == "1" and r["params"]["l"] == "1024" and r["params"]["seed"] == "0"
+        full = r["params"]["strategy"] == "full"
+        assert r["params"]["seed"] == "0" and r["tags"][OVERLAP_TAG] == "false"  # held-out test slides
+        assert (r["params"]["n"], r["params"]["l"]) == (("0", "0") if full else ("1", "1024"))
         assert {"encoder", "selector", "config_hash", "alkit_version"} <= set(r["params"])
         steps = [s for s, _ in r["history"]["miou_tumour"]]
-        assert steps == [0, 1]
+        assert steps == ([0] if full else [0, 1])  # full: cycle 0 only, the others all their cycles
         tissue = [v for _, v in r["history"]["annotated_tissue_pct"]]
-        assert tissue[1] > tissue[0] > 0
+        if full:
+            assert tissue == [pytest.approx(100.0)] and r["params"]["cycles"] == "1"
+        else:
+            assert tissue[1] > tissue[0] > 0
         artefacts = {a.path for a in MlflowClient(uri).list_artifacts(r["run_id"])}
-        assert {"cycle_0", "cycle_1", "pool", "config.json"} <= artefacts
+        assert {"cycle_0", "pool", "config.json"} <= artefacts and ("cycle_1" in artefacts) != full
         cycle0 = {a.path for a in MlflowClient(uri).list_artifacts(r["run_id"], "cycle_0")}
         assert {"cycle_0/regions.json", "cycle_0/qupath", "cycle_0/png"} <= cycle0
     again = run_study(config, tracking_uri=uri, progress=False)  # finished runs are skipped
     assert sorted(r["run_id"] for r in again) == sorted(r["run_id"] for r in runs)
     experiment = MlflowClient(uri).get_experiment_by_name(config.study)
-    assert len(MlflowClient(uri).search_runs([experiment.experiment_id])) == 3
+    assert len(MlflowClient(uri).search_runs([experiment.experiment_id])) == 4
     summary = summarise_study(runs, tmp_path / "summary")
     table = summary["markdown"].read_text()
-    assert table.count("\n") == 2 + 3 * 2  # header, rule, 3 strategies x 2 cycles
+    assert table.count("\n") == 2 + 3 * 2 + 1  # header, rule, 3 strategies x 2 cycles, full at cycle 0
+    assert "| full | 0 | 0 | 0 | 1 |" in table and "miou_tumour_of_full" in table.splitlines()[0]
+    rows = {(r["strategy"], r["cycle"]): r for r in _csv_rows(summary["csv"])}
+    assert float(rows["full", "0"]["miou_tumour_of_full"]) == 1.0
+    for strategy in ("random", "diversity", "prototype"):
+        row = rows[strategy, "1"]
+        ratio = float(row["miou_tumour_of_full"])
+        assert ratio == pytest.approx(float(row["miou_tumour"]) / float(rows["full", "0"]["miou_tumour"]))
     assert summary["miou_vs_tissue"].stat().st_size > 1000 and summary["csv"].exists()
+    for name in ("miou_vs_tissue_cycle0", "tumour_vs_tissue_cycle0", "al_curves_l1024"):
+        assert summary[name] == tmp_path / "summary" / f"{name}.png" and _non_trivial_png(summary[name]), name
+
+
+def test_full_runs_once_per_seed_and_evaluation_on_training_slides_is_flagged(demo_study, tmp_path, caplog):
+    config = yaml.safe_load(demo_study.read_text())
+    config["cohort"].pop("test_slides")
+    config |= {"strategies": ["full"], "seeds": [0, 1], "budgets": {"n": [1, 2], "l": [512, 1024]},
+               "out": "results-full-test"}
+    path = demo_study.parent / "study-full.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with caplog.at_level(logging.WARNING, logger="alkit.study.run"):
+        runs = run_study(load_config(path), tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", progress=False)
+    assert "evaluation runs on the training cohort" in caplog.text and "overlap the training slides" in caplog.text
+    assert sorted((r["params"]["n"], r["params"]["l"], r["params"]["seed"]) for r in runs) == \
+        [("0", "0", "0"), ("0", "0", "1")]  # once per seed, not per n x l
+    for r in runs:
+        assert [s for s, _ in r["history"]["miou_tumour"]] == [0]
+        assert r["tags"][OVERLAP_TAG] == "true" and "training cohort" in r["tags"]["alkit.evaluation_overlap"]
+    summary = summarise_study(runs, tmp_path / "summary")
+    (row,) = _csv_rows(summary["csv"])
+    assert row["strategy"] == "full" and row["seeds"] == "2" and float(row["miou_tumour_of_full"]) == 1.0
+    assert not [k for k in summary if k.startswith("al_curves")]  # no budgets, no curves
+    assert _non_trivial_png(summary["miou_vs_tissue_cycle0"])
+
+
+def test_evaluation_overlap_names_the_shared_slides():
+    def cohort(*ids):
+        return Cohort([CohortSlide(i, Path(f"{i}.h5"), Path(f"{i}.tif"), None) for i in ids])
+
+    assert evaluation_overlap(cohort("a", "b"), cohort("c")) is None
+    assert evaluation_overlap(cohort("a", "b"), cohort("b", "c")) == \
+        "1 of 2 test slide(s) are training slides too: b"
+    assert "training cohort" in evaluation_overlap(cohort("a"), None)
+
+
+def test_summary_fractions_of_full_are_per_seed_and_nan_safe(tmp_path):
+    def run(strategy, n, l, seed, miou, tissue):
+        return {"params": {"strategy": strategy, "n": str(n), "l": str(l), "seed": str(seed)},
+                "history": {"miou_tumour": [(0, miou)], "annotated_tissue_pct": [(0, tissue)]}}
+
+    runs = [run("full", 0, 0, 0, 0.8, 100.0), run("full", 0, 0, 1, 0.4, 100.0), run("full", 0, 0, 2, 0.0, 100.0),
+            run("random", 1, 512, 0, 0.4, 2.0), run("random", 1, 512, 1, 0.4, 3.0),
+            run("random", 1, 512, 2, 0.3, 2.5), run("random", 1, 512, 3, 0.1, 2.0)]  # seed 3 has no full run
+    rows = {r["strategy"]: r for r in summary_table(runs, ("miou_tumour", "annotated_tissue_pct"))}
+    assert rows["random"]["miou_tumour_of_full"] == pytest.approx(0.75)  # median of 0.5 and 1.0
+    assert rows["full"]["miou_tumour_of_full"] == 1.0 and "annotated_tissue_pct_of_full" not in rows["full"]
+    alone = summary_table([run("random", 1, 512, 0, float("nan"), 2.0)], ("miou_tumour",))
+    assert np.isnan(alone[0]["miou_tumour_of_full"])
+    paths = summarise_study(runs, tmp_path)  # NaN medians and a missing reference do not break the plots
+    assert _non_trivial_png(paths["miou_vs_tissue_cycle0"]) and _non_trivial_png(paths["al_curves_l512"])
 
 
 def test_demo_quick_runs_from_the_command_line(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the default embedded MLflow store lands in the working directory
     assert main(["demo", "--quick", "--out", str(tmp_path / "demo"), "-q"]) == 0
     out = capsys.readouterr().out
-    assert "3 runs of" in out and "| prototype | 1 | 1024 | 0 |" in out
+    assert "4 runs of" in out and "| prototype | 1 | 1024 | 0 |" in out and "| full | 0 | 0 | 0 |" in out
     assert "(mitotic-figure detection)" in out and "annotated_mitoses_ratio" in out
     assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db" in out
     assert (tmp_path / "mlflow.db").exists() and (tmp_path / "demo" / "results" / "summary.csv").exists()
     assert (tmp_path / "demo" / "results-mitosis" / "mitoses_vs_tissue.png").exists()
+    assert (tmp_path / "demo" / "results" / "miou_vs_tissue_cycle0.png").exists()
+    assert (tmp_path / "demo" / "results-mitosis" / "f1_vs_tissue_cycle0.png").exists()
 
 
 def test_comparison_against_a_real_tracking_server(demo_study, tmp_path):

@@ -136,3 +136,23 @@ def test_tiny_training_and_detection_on_cpu(mitosis_slide):
     boxes0 = torch.from_numpy(point_boxes(whole, task.box_px * 0.5 / slide.mpp))
     iou = box_iou(boxes0, boxes0) - torch.eye(len(whole), dtype=torch.float64)
     assert float(iou.max()) <= task.nms_iou + 1e-6
+
+
+def test_imagenet_backbone_loads_from_the_torch_hub_cache(tmp_path, monkeypatch):
+    """``backbone_weights="imagenet"`` (the paper's detector) takes torchvision's ImageNet ResNet-18 from
+    the torch hub cache; here a local random-init stand-in sits where the download would be."""
+    import torch
+    from torchvision.models import ResNet18_Weights, resnet18
+
+    from alkit.tasks.detection.network import build_retinanet
+
+    checkpoints = tmp_path / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.manual_seed(3)
+    stand_in = resnet18(weights=None).state_dict()
+    torch.save(stand_in, checkpoints / ResNet18_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[1])
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    net = build_retinanet(50.0, 128, backbone_weights="imagenet", fpn_channels=32)
+    body = net.backbone.body
+    assert torch.equal(body.conv1.weight, stand_in["conv1.weight"])
+    assert torch.equal(body.layer4[1].conv2.weight, stand_in["layer4.1.conv2.weight"])

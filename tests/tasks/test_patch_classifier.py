@@ -295,3 +295,17 @@ def test_finetune_runs_one_tiny_epoch_on_cpu(embedded_cohort, truth):
     inside = np.zeros(store.grid.shape, bool)
     inside[few.coords[:, 0], few.coords[:, 1]] = True
     assert np.all(prob[~inside] == 0) and np.all((prob[inside] > 0) & (prob[inside] < 1))
+
+
+def test_validation_slides_are_the_held_out_set(embedded_cohort, truth):
+    """Examples marked held out (fully annotated validation slides) are what early stopping watches; they
+    are never trained on, and the region split is not drawn."""
+    train_ids, val_ids = FOLDS[0][0][:1], FOLDS[0][0][1:2]
+    train = _examples(embedded_cohort, truth, train_ids)
+    held = [dataclasses.replace(ex, held_out=True) for ex in _examples(embedded_cohort, truth, val_ids)]
+    summary = PatchClassifierModel(seed=0, max_epochs=3, min_epochs=0, patience=2).fit(train + held)
+    assert summary["split"] == "validation slides"
+    assert summary["n_val"] == sum(len(ex.cells) for ex in held)
+    assert summary["n_train"] == sum(len(ex.cells) for ex in train)
+    with pytest.raises(ValueError, match="outside the validation slides"):
+        PatchClassifierModel(seed=0, max_epochs=1).fit(held)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from torch import nn
-from torchvision.models import resnet18
+from torchvision.models import ResNet18_Weights, resnet18
 from torchvision.models.detection import RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
@@ -18,7 +18,7 @@ from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from alkit.embeddings.encoders.base import IMAGENET_MEAN, IMAGENET_STD
-from alkit.embeddings.encoders.resnet import load_resnet_checkpoint
+from alkit.embeddings.encoders.resnet import IMAGENET_TAGS, load_resnet_checkpoint
 
 
 def to_float(images: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
@@ -31,9 +31,11 @@ def build_retinanet(box_px: float, image_size: int, backbone_weights: str | None
                     nms_thresh: float = 0.3, detections_per_img: int = 100) -> nn.Module:
     """torchvision RetinaNet, ResNet-18 FPN (P3–P7), one foreground class, square anchors sized to ``box_px``.
 
-    ``backbone_weights``: ``None`` / ``"none"`` (random init, trainable BatchNorm) or a local
-    ResNet-18 checkpoint path (loaded like the encoder registry's ``resnet18@PATH``,
-    ``weights_only=True``; frozen BatchNorm, the torchvision convention for pretrained backbones).
+    ``backbone_weights``: ``None`` / ``"none"`` (random init, trainable BatchNorm), ``"imagenet"``
+    (torchvision's ``IMAGENET1K_V1`` ResNet-18, the paper's backbone; downloaded once into the torch hub
+    cache, ``TORCH_HOME``) or a local ResNet-18 checkpoint path (loaded like the encoder registry's
+    ``resnet18@PATH``, ``weights_only=True``). Pretrained backbones get frozen BatchNorm, the
+    torchvision convention.
     ``fpn_channels`` is the width of the FPN and of RetinaNet's heads (256 as in the paper; the heads
     dominate the cost of small patches, so tiny CPU runs use less). Images are not resized
     (``min_size = max_size = image_size``).
@@ -41,6 +43,14 @@ def build_retinanet(box_px: float, image_size: int, backbone_weights: str | None
     tag = (backbone_weights or "none").strip()
     if tag.lower() in ("none", "random"):
         net = resnet18(weights=None, norm_layer=nn.BatchNorm2d)
+    elif tag.lower() in IMAGENET_TAGS:
+        try:
+            net = resnet18(weights=ResNet18_Weights.IMAGENET1K_V1, norm_layer=FrozenBatchNorm2d)
+        except Exception as exc:  # offline without a cached copy, proxy, corrupt cache ...
+            raise FileNotFoundError(
+                f"backbone_weights {tag!r}: could not get torchvision's ImageNet ResNet-18 ({exc}); it is downloaded "
+                f"once from {ResNet18_Weights.IMAGENET1K_V1.url} into the torch hub cache (TORCH_HOME): run once "
+                "online, or give a local checkpoint path") from exc
     else:
         path = Path(tag).expanduser()
         if not path.is_file():

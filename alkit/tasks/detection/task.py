@@ -17,8 +17,10 @@
   what the model is meant for; a pen stroke across the glass is not scored. The score threshold is
   chosen for the best pooled F1 on the validation slides, or — without validation slides — on the
   labeled regions of the cohort (in-sample, so optimistic; a warning says so); F1 / precision /
-  recall are then pooled over the test slides at that threshold, and per slide. The annotated-mitoses
-  ratio is the share of the cohort's mitoses inside labeled regions.
+  recall are then pooled over the test slides at that threshold, and per slide. Beside alkit's one-to-one
+  F1, the reference's many-to-many ``f1_reference`` (:mod:`alkit.tasks.detection.reference`) at its own
+  threshold, chosen the same way. The annotated-mitoses ratio is the share of the cohort's mitoses inside
+  labeled regions.
 * **Prototypes** are crops around the figures of the caption images (``prototypes.crops``), one class.
 """
 
@@ -44,6 +46,7 @@ from alkit.tasks.detection.examples import DetectionExample
 from alkit.tasks.detection.labels import check_classes
 from alkit.tasks.detection.metrics import RADIUS_PX, annotated_mitoses_ratio, choose_threshold, evaluate_detections
 from alkit.tasks.detection.oracle import MitosisOracle
+from alkit.tasks.detection.reference import choose_threshold_reference, pooled_f1_reference
 from alkit.tasks.settings import check_model_params, resolve_existing
 
 log = logging.getLogger(__name__)
@@ -62,7 +65,9 @@ class DetectionTask:
 
     name: ClassVar[str] = "detection"
     summary_metrics: ClassVar[tuple[str, ...]] = ("f1", "precision", "recall", "annotated_mitoses_ratio",
-                                                  "annotated_tissue_pct", "threshold")
+                                                  "annotated_tissue_pct", "threshold", "f1_reference",
+                                                  "tp_reference", "fp_reference", "fn_reference",
+                                                  "threshold_reference")
     summary_plots: ClassVar[tuple[SummaryPlot, ...]] = (SummaryPlot("f1", "f1_vs_tissue"),
                                                         SummaryPlot("annotated_mitoses_ratio", "mitoses_vs_tissue"))
     mc_dropout: ClassVar[bool] = False
@@ -162,7 +167,9 @@ class DetectionTask:
                                          mpp=slide.grid.slide_mpp)
 
     # -- training ---------------------------------------------------------------------------------
-    def training_examples(self, pool: LabeledPool, cohort: Cohort, max_cycle: int | None = None) -> list:
+    def training_examples(self, pool: LabeledPool, cohort: Cohort, max_cycle: int | None = None,
+                          validation_cohort: Cohort | None = None) -> list:
+        """One example per cohort slide; validation slides choose the score threshold, they are not trained on."""
         boxes = labeled_boxes(pool, max_cycle)
         examples = []
         for slide in cohort:
@@ -202,27 +209,47 @@ class DetectionTask:
             found[s.slide_id] = pts[self.on_tissue(s, pts)]
         return found
 
-    def choose_threshold(self, pool: LabeledPool, cohort: Cohort,
-                         validation_cohort: Cohort | None) -> tuple[float, float, str]:
-        """``(threshold, F1 there, where it was chosen)``: validation slides, else the labeled regions."""
+    def threshold_slides(self, pool: LabeledPool, cohort: Cohort, validation_cohort: Cohort | None) -> tuple:
+        """What the score threshold is chosen on, ``(detections, mitoses, boxes, where)``: the validation
+        slides (``boxes`` None), else the labeled regions of the cohort (in-sample, a warning says so)."""
         if validation_cohort is not None and len(validation_cohort):
             dets = {s.slide_id: self.detect(s) for s in validation_cohort}
-            t, f1 = choose_threshold(dets, self.scored_mitoses(validation_cohort), radius=self.radius)
-            return t, f1, "validation"
+            return dets, self.scored_mitoses(validation_cohort), None, "validation"
         log.warning("no validation slides: the score threshold is chosen on the labeled regions the detector was "
                     "trained on (optimistic); give validation slides for an unbiased threshold")
         boxes = labeled_boxes(pool)
         dets = {s.slide_id: self.detect(s, boxes[s.slide_id]) for s in cohort if s.slide_id in boxes}
-        t, f1 = choose_threshold(dets, self.scored_mitoses(cohort), boxes=boxes, radius=self.radius)
-        return t, f1, "labeled regions"
+        return dets, self.scored_mitoses(cohort), boxes, "labeled regions"
+
+    def choose_threshold(self, pool: LabeledPool, cohort: Cohort, validation_cohort: Cohort | None,
+                         slides: tuple | None = None) -> tuple[float, float, str]:
+        """``(threshold, F1 there, where it was chosen)``: validation slides, else the labeled regions
+        (``slides``: :meth:`threshold_slides`' answer, computed when not given)."""
+        dets, truth, boxes, where = slides or self.threshold_slides(pool, cohort, validation_cohort)
+        t, f1 = choose_threshold(dets, truth, boxes=boxes, radius=self.radius)
+        return t, f1, where
+
+    def choose_threshold_reference(self, pool: LabeledPool, cohort: Cohort, validation_cohort: Cohort | None,
+                                   slides: tuple | None = None) -> tuple[float, float, str]:
+        """Like :meth:`choose_threshold`, for the best pooled reference F1
+        (:func:`~alkit.tasks.detection.reference.choose_threshold_reference`)."""
+        dets, truth, boxes, where = slides or self.threshold_slides(pool, cohort, validation_cohort)
+        t, f1 = choose_threshold_reference(dets, truth, boxes=boxes, radius=self.radius)
+        return t, f1, where
 
     def evaluate(self, pool: LabeledPool, cohort: Cohort, test_cohort: Cohort,
                  validation_cohort: Cohort | None = None) -> dict:
-        """Pooled F1 / precision / recall on the test slides at the chosen threshold, per-slide F1, and the
-        annotated-mitoses ratio."""
-        threshold, f1_val, where = self.choose_threshold(pool, cohort, validation_cohort)
+        """Pooled F1 / precision / recall on the test slides at the chosen threshold, per-slide F1, the
+        annotated-mitoses ratio, and the reference code's F1 (:mod:`alkit.tasks.detection.reference`:
+        ``f1_reference``, ``tp/fp/fn_reference``) pooled over the test slides at ``threshold_reference``,
+        chosen for the best reference F1 on the slides the alkit threshold is chosen on."""
+        slides = self.threshold_slides(pool, cohort, validation_cohort)
+        threshold, f1_val, where = self.choose_threshold(pool, cohort, validation_cohort, slides)
+        threshold_ref, f1_val_ref, _ = self.choose_threshold_reference(pool, cohort, validation_cohort, slides)
         dets = {s.slide_id: self.detect(s) for s in test_cohort}
-        result = evaluate_detections(dets, self.scored_mitoses(test_cohort), threshold=threshold, radius=self.radius)
+        test_mitoses = self.scored_mitoses(test_cohort)
+        result = evaluate_detections(dets, test_mitoses, threshold=threshold, radius=self.radius)
+        reference = pooled_f1_reference(dets, test_mitoses, threshold=threshold_ref, radius=self.radius)
         pooled = result["pooled"]
         ratio = annotated_mitoses_ratio({s.slide_id: self.oracle.mitoses(s.slide_id) for s in cohort},
                                         labeled_boxes(pool))
@@ -230,7 +257,10 @@ class DetectionTask:
                 "tp": pooled["tp"], "fp": pooled["fp"], "fn": pooled["fn"], "threshold": threshold,
                 "f1_threshold_choice": f1_val, "threshold_chosen_on": where,
                 "annotated_mitoses_ratio": ratio, "annotated_mitoses": int(pool.total("mitoses")),
-                "f1_per_slide": {k: (None if math.isnan(v["f1"]) else v["f1"]) for k, v in result["slides"].items()}}
+                "f1_per_slide": {k: (None if math.isnan(v["f1"]) else v["f1"]) for k, v in result["slides"].items()},
+                "f1_reference": reference["f1"], "tp_reference": reference["tp"], "fp_reference": reference["fp"],
+                "fn_reference": reference["fn"], "threshold_reference": threshold_ref,
+                "f1_threshold_choice_reference": f1_val_ref}
 
 
 def labeled_boxes(pool: LabeledPool, max_cycle: int | None = None) -> dict[str, np.ndarray]:

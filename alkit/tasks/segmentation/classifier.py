@@ -23,7 +23,9 @@ Training data and rules (:meth:`PatchClassifierModel.fit`):
 * Examples are the labeled cells of the labeled regions
   (:class:`alkit.tasks.segmentation.examples.LabeledCells`); only cells with an embedding in the store
   (enough tissue) are used, the same cells inference scores.
-* Held-out set for early stopping: whole labeled *regions* (a region is ``(slide_id, region_id)``),
+* Held-out set for early stopping: with validation slides (examples marked ``held_out``: every embedded
+  cell of fully annotated slides, as in the reference's 70/30 split of the CAMELYON16 tumour slides),
+  their cells. Otherwise whole labeled *regions* (a region is ``(slide_id, region_id)``),
   ``val_fraction`` of them (at least one, leaving at least one for training), drawn with the seed
   (:func:`alkit.tasks.segmentation.split.split_by_region`); the first of up to 64 seeded draws in which
   both parts hold every labeled class is used. Patches of one region are spatially correlated, so
@@ -130,8 +132,13 @@ class PatchClassifierModel:
         if len(classes) < N_CLASSES:
             log.warning("all %d labeled cells are %s: the model can only learn that class", len(pool.labels),
                         "tumour" if classes[0] == 1 else "normal")
-        val, split = split_by_region(pool.regions, pool.labels, self.val_fraction, self.seed)
+        if pool.held_out is not None and pool.held_out.any():  # validation slides: the held-out set is theirs
+            val, split = pool.held_out.copy(), "validation slides"
+        else:
+            val, split = split_by_region(pool.regions, pool.labels, self.val_fraction, self.seed)
         train = ~val
+        if not train.any():
+            raise ValueError("no labeled cell outside the validation slides: nothing to train on")
         n_train = int(train.sum())
         sampler = BalancedSampler(pool.labels[train], max(n_train, self.batch_size), self.seed,
                                   with_seeds=self.mode == "finetune")

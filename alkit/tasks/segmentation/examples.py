@@ -26,6 +26,7 @@ class LabeledCells:
     region_ids: np.ndarray
     store: EmbeddingStore | None = field(default=None, repr=False)  # loaded store, saves a re-read
     slide_path: str | os.PathLike | None = None  # finetune: overrides the store's slide_path
+    held_out: bool = False  # a validation slide's cells: the held-out set early stopping watches
 
     def __post_init__(self) -> None:
         self.cells = np.asarray(self.cells, np.int64).reshape(-1, 2)
@@ -52,6 +53,7 @@ class ExamplePool:
     regions: np.ndarray  # (n,) dense region index, one per (slide id, region id)
     rows: np.ndarray  # (n,) row of each cell in its store's features
     dropped: int  # labeled cells without an embedding
+    held_out: np.ndarray | None = None  # (n,) bool: from a held-out (validation-slide) example
 
     def features(self, stores: Sequence[EmbeddingStore]) -> np.ndarray:
         """``(n, dim)`` float32: each example's cached feature row, from the store of its group."""
@@ -88,8 +90,10 @@ def gather_examples(examples: Sequence[LabeledCells], stores: Sequence[Embedding
     all_keys = cat(keys, (0, 2))
     regions = (np.unique(all_keys, axis=0, return_inverse=True)[1].reshape(-1) if len(all_keys)
                else np.zeros(0, np.int64))
-    return ExamplePool(cat(groups, (0,)), cat(local, (0,)), cat(labels, (0,)), regions.astype(np.int64),
-                       cat(rows, (0,)), dropped)
+    group = cat(groups, (0,))
+    held_out = np.array([ex.held_out for ex in examples], bool)[group] if len(group) else np.zeros(0, bool)
+    return ExamplePool(group, cat(local, (0,)), cat(labels, (0,)), regions.astype(np.int64),
+                       cat(rows, (0,)), dropped, held_out)
 
 
 def row_index(store: EmbeddingStore) -> np.ndarray:

@@ -6,12 +6,16 @@
 * **What the annotator reports** for a region: its tissue and tumour area (mm²), both measured on the
   grid cells the model learns from (per-cell shares summed), like the cohort's totals.
 * **Training examples**: the embedded cells inside labeled regions, tumour when at least
-  ``tumour_threshold`` (default 0.5) of the cell is tumour (:class:`LabeledCells`).
+  ``tumour_threshold`` (default 0.5) of the cell is tumour (:class:`LabeledCells`). Validation slides
+  (``cohort.validation_slides``, e.g. the reference's 30 % of the CAMELYON16 tumour slides) are fully
+  annotated: all their cells are the held-out set the classifier early-stops on, never trained on.
 * **Model**: :class:`~alkit.tasks.segmentation.classifier.PatchClassifierModel` (the ``task:``
   parameters of a study config are its parameters); its per-cell tumour probability is the score map
   of uncertainty acquisition, with MC-dropout samples for BALD.
 * **Evaluation** (:mod:`alkit.tasks.segmentation.metrics`): mIoU(tumour) over test slides with tumour,
-  false-positive rate on tumour-free ones, and the annotated share of the cohort's tumour.
+  false-positive rate on tumour-free ones, and the annotated share of the cohort's tumour; beside them the
+  reference's metrics (:mod:`alkit.tasks.segmentation.reference`: ``miou_reference`` of both classes after
+  hole filling and isolated-tumour-cell removal, ``auc_reference``) on the same per-cell maps.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from alkit.tasks.segmentation.classifier import PatchClassifierModel
 from alkit.tasks.segmentation.examples import LabeledCells
 from alkit.tasks.segmentation.metrics import evaluate_slide, summarise
 from alkit.tasks.segmentation.oracle import TumourOracle
+from alkit.tasks.segmentation.reference import auc_reference, miou_reference
 from alkit.tasks.settings import check_model_params, resolve_existing
 
 #: ``task:`` keys that are not model parameters
@@ -43,7 +48,8 @@ class SegmentationTask:
 
     name: ClassVar[str] = "segmentation"
     summary_metrics: ClassVar[tuple[str, ...]] = ("miou_tumour", "annotated_tissue_pct", "annotated_tumour_pct",
-                                                  "fp_rate_tumour_free")
+                                                  "fp_rate_tumour_free", "miou_reference", "iou_normal_reference",
+                                                  "iou_tumour_reference", "auc_reference")
     summary_plots: ClassVar[tuple[SummaryPlot, ...]] = (SummaryPlot("miou_tumour", "miou_vs_tissue"),
                                                         SummaryPlot("annotated_tumour_pct", "tumour_vs_tissue"))
     mc_dropout: ClassVar[bool] = True
@@ -60,9 +66,6 @@ class SegmentationTask:
     @classmethod
     def check_config(cls, settings: TaskSettings) -> dict:
         check_model_params(cls.name, PatchClassifierModel, settings.params, RESERVED)
-        if settings.has_validation_slides:
-            raise TaskConfigError("cohort.validation_slides", "is used by task.kind 'detection' only "
-                                                              "(segmentation has no threshold to choose)")
         truth = dict(settings.ground_truth)
         points = [k for k in POINT_SOURCES if k in truth]
         if points:
@@ -106,7 +109,10 @@ class SegmentationTask:
                             {"tumour_mm2": box_mm2(slide, self.truth(slide), box)})
 
     # -- training ---------------------------------------------------------------------------------
-    def training_examples(self, pool: LabeledPool, cohort: Cohort, max_cycle: int | None = None) -> list:
+    def training_examples(self, pool: LabeledPool, cohort: Cohort, max_cycle: int | None = None,
+                          validation_cohort: Cohort | None = None) -> list:
+        """The labeled cells of the labeled regions; with ``validation_cohort``, every embedded cell of those
+        fully annotated slides too, marked held out (the classifier early-stops on them)."""
         examples = []
         for slide in cohort:
             region_of = pool.cell_region_ids(slide.slide_id, slide.grid, max_cycle)
@@ -120,6 +126,12 @@ class SegmentationTask:
             cells = store.coords[inside]
             labels = (self.truth(slide)[cells[:, 0], cells[:, 1]] >= self.tumour_threshold).astype(np.int64)
             examples.append(LabeledCells(slide.slide_id, slide.store_path, cells, labels, rid[inside]))
+        for slide in validation_cohort or ():
+            store = slide.store()
+            cells = store.coords
+            labels = (self.truth(slide)[cells[:, 0], cells[:, 1]] >= self.tumour_threshold).astype(np.int64)
+            examples.append(LabeledCells(slide.slide_id, slide.store_path, cells, labels, np.zeros(len(cells)),
+                                         store=store, held_out=True))
         return examples
 
     def fit(self, examples: list) -> dict:
@@ -134,15 +146,36 @@ class SegmentationTask:
     # -- evaluation -------------------------------------------------------------------------------
     def evaluate(self, pool: LabeledPool, cohort: Cohort, test_cohort: Cohort,
                  validation_cohort: Cohort | None = None) -> dict:
-        """mIoU(tumour) over test slides with tumour, false positives on the tumour-free ones, and the
-        annotated share of the cohort's tumour."""
-        results = []
+        """mIoU(tumour) over test slides with tumour, false positives on the tumour-free ones, the
+        annotated share of the cohort's tumour, and the reference code's scores
+        (:mod:`alkit.tasks.segmentation.reference`: ``miou_reference`` with its two class IoUs, and
+        ``auc_reference``).
+
+        The reference scores take every test slide's per-cell probability map (0 off the embedded cells)
+        and boolean truth (cell tumour fraction >= ``tumour_threshold``) at the grid's cell step in µm
+        (``stride0 * slide_mpp``): 256-px patches at 0.25 µm/px give 64 µm/px, about the reference's
+        level 8 of a 0.243 µm/px slide (62.2 µm/px; ITC size 3 px at both). A slide is a tumour slide
+        (mIoU mean, AUC positive) when its truth map has a tumour cell, as in alkit's own mIoU.
+        """
+        results, probs, truths, steps = [], [], [], set()
         for slide in test_cohort:
             store = slide.store()
-            results.append(evaluate_slide(slide.slide_id, self.model.predict_proba(store), self.truth(slide),
+            prob = self.model.predict_proba(store)
+            results.append(evaluate_slide(slide.slide_id, prob, self.truth(slide),
                                           store.embedded_mask(), truth_threshold=self.tumour_threshold))
+            probs.append(prob)
+            truths.append(self.truth(slide) >= self.tumour_threshold)
+            steps.add(round(slide.grid.stride0 * slide.grid.slide_mpp, 6))
         summary = summarise(results)
         tumour = total_mm2(cohort, self.truth)
-        return {"miou_tumour": summary["miou_tumour"], "fp_rate_tumour_free": summary["fp_rate_tumour_free"],
-                "annotated_tumour_pct": 100.0 * pool.total("tumour_mm2") / tumour if tumour else 0.0}
+        metrics = {"miou_tumour": summary["miou_tumour"], "fp_rate_tumour_free": summary["fp_rate_tumour_free"],
+                   "annotated_tumour_pct": 100.0 * pool.total("tumour_mm2") / tumour if tumour else 0.0}
+        if len(steps) > 1:
+            raise ValueError(f"test slides on grids of different cell steps ({sorted(steps)} µm) cannot share "
+                             f"the reference scores' ITC size")
+        mpp = steps.pop() if steps else 1.0  # no test slide: every reference score is NaN
+        ref = miou_reference(probs, truths, mpp)
+        return metrics | {"miou_reference": ref["miou"], "iou_normal_reference": ref["iou_normal"],
+                          "iou_tumour_reference": ref["iou_tumour"],
+                          "auc_reference": auc_reference(probs, [bool(t.any()) for t in truths], mpp)}
 

@@ -65,7 +65,7 @@ def demo_detection_config(cohort_root: Path, quick: bool) -> dict:
     train, validation, test = _split(cohort_root, quick)
     train = [s for s in train if s not in validation]
     if not quick:  # the full demo's slides are larger: a few of them keep the 64-px detector study short
-        train = [s for s in train if s.has_tumour][:3]
+        train = [s for s in train if s.has_tumour][:2]
         test = test[:1]
     rel = lambda p: os.path.relpath(p, cohort_root.parent)  # noqa: E731 - paths relative to the config
     return {

@@ -58,7 +58,7 @@ def test_two_cycles_with_each_initial_strategy(initial, embedded_cohort, synthet
     assert {r.strategy for r in per_cycle[0]} == {initial} and {r.strategy for r in per_cycle[1]} == {"uncertainty"}
     m0, m1 = (r.metrics for r in results)
     for m in (m0, m1):
-        assert np.isfinite(m["miou_tumour"]) and 0.0 <= m["miou_tumour"] <= 1.0
+        assert np.isfinite(m["iou_tumour"]) and 0.0 <= m["iou_tumour"] <= 1.0
     # the labeled area grows by one cycle's budget: each cycle adds N regions of the same size
     assert m1["regions"] == 2 * m0["regions"]
     assert m1["annotated_tissue_mm2"] > m0["annotated_tissue_mm2"] > 0

@@ -23,9 +23,9 @@ def test_pool_saves_every_change_and_reloads(tmp_path):
     pool.add([_pick("a", (0, 0, 100, 100)), _pick("b", (50, 50, 100, 100))], cycle=0,
              reports=[{"tissue_mm2": 0.5, "tumour_mm2": 0.1}, {"tissue_mm2": 0.25, "tumour_mm2": 0.0}])
     assert json.loads(path.read_text())["regions"][1]["box"] == [50, 50, 100, 100]
-    pool.record_metrics(0, {"miou_tumour": 0.4})
+    pool.record_metrics(0, {"iou_tumour": 0.4})
     again = LabeledPool.open(path)
-    assert again.regions == pool.regions and again.cycle_metrics == {0: {"miou_tumour": 0.4}}
+    assert again.regions == pool.regions and again.cycle_metrics == {0: {"iou_tumour": 0.4}}
     assert again.labeled() == {"a": [(0, 0, 100, 100)], "b": [(50, 50, 100, 100)]}
     used = again.budget_used(total_tissue_mm2=3.0)
     assert used["regions"] == 2 and used["tissue_pct"] == pytest.approx(25.0)

@@ -46,7 +46,7 @@ def test_server_tracks_a_tiny_comparison(server, tmp_path):
                 continue
             with tracker.start_run(f"{strategy}-s{seed}", key, {"encoder": "handcrafted"}) as run:
                 for cycle in range(3):
-                    run.log_metrics({"miou_tumour": 0.2 * cycle + (strategy == "prototype") * 0.1,
+                    run.log_metrics({"iou_tumour": 0.2 * cycle + (strategy == "prototype") * 0.1,
                                      "tissue_pct": 1.0 + cycle}, step=cycle)
                 run.log_dict({"strategy": strategy, "seed": seed}, "config.json")
             done += 1
@@ -60,7 +60,7 @@ def test_server_tracks_a_tiny_comparison(server, tmp_path):
     runs = client.search_runs([experiment.experiment_id], "tags.strategy = 'prototype'")
     assert {r.data.tags["seed"] for r in runs} == {"0", "1"}
     assert all(r.info.status == "FINISHED" and r.data.params["encoder"] == "handcrafted" for r in runs)
-    history = client.get_metric_history(runs[0].info.run_id, "miou_tumour")
+    history = client.get_metric_history(runs[0].info.run_id, "iou_tumour")
     assert sorted((m.step, round(m.value, 6)) for m in history) == [(0, 0.1), (1, 0.3), (2, 0.5)]
     # artefacts travel through the server into its root folder
     assert runs[0].info.artifact_uri.startswith("mlflow-artifacts:")

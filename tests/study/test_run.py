@@ -107,7 +107,7 @@ def test_comparison_is_tracked_resumable_and_summarised(demo_study, tmp_path):
         assert r["params"]["seed"] == "0" and r["tags"][OVERLAP_TAG] == "false"  # held-out test slides
         assert (r["params"]["n"], r["params"]["l"]) == (("0", "0") if full else ("1", "1024"))
         assert {"encoder", "selector", "config_hash", "alkit_version"} <= set(r["params"])
-        steps = [s for s, _ in r["history"]["miou_tumour"]]
+        steps = [s for s, _ in r["history"]["iou_tumour"]]
         assert steps == ([0] if full else [0, 1])  # full: cycle 0 only, the others all their cycles
         tissue = [v for _, v in r["history"]["annotated_tissue_pct"]]
         if full:
@@ -125,15 +125,15 @@ def test_comparison_is_tracked_resumable_and_summarised(demo_study, tmp_path):
     summary = summarise_study(runs, tmp_path / "summary")
     table = summary["markdown"].read_text()
     assert table.count("\n") == 2 + 3 * 2 + 1  # header, rule, 3 strategies x 2 cycles, full at cycle 0
-    assert "| full | 0 | 0 | 0 | 1 |" in table and "miou_tumour_of_full" in table.splitlines()[0]
+    assert "| full | 0 | 0 | 0 | 1 |" in table and "iou_tumour_of_full" in table.splitlines()[0]
     rows = {(r["strategy"], r["cycle"]): r for r in _csv_rows(summary["csv"])}
-    assert float(rows["full", "0"]["miou_tumour_of_full"]) == 1.0
+    assert float(rows["full", "0"]["iou_tumour_of_full"]) == 1.0
     for strategy in ("random", "diversity", "prototype"):
         row = rows[strategy, "1"]
-        ratio = float(row["miou_tumour_of_full"])
-        assert ratio == pytest.approx(float(row["miou_tumour"]) / float(rows["full", "0"]["miou_tumour"]))
-    assert summary["miou_vs_tissue"].stat().st_size > 1000 and summary["csv"].exists()
-    for name in ("miou_vs_tissue_cycle0", "tumour_vs_tissue_cycle0", "al_curves_l1024"):
+        ratio = float(row["iou_tumour_of_full"])
+        assert ratio == pytest.approx(float(row["iou_tumour"]) / float(rows["full", "0"]["iou_tumour"]))
+    assert summary["iou_tumour_vs_tissue"].stat().st_size > 1000 and summary["csv"].exists()
+    for name in ("iou_tumour_vs_tissue_cycle0", "tumour_vs_tissue_cycle0", "al_curves_l1024"):
         assert summary[name] == tmp_path / "summary" / f"{name}.png" and _non_trivial_png(summary[name]), name
 
 
@@ -150,13 +150,13 @@ def test_full_runs_once_per_seed_and_evaluation_on_training_slides_is_flagged(de
     assert sorted((r["params"]["n"], r["params"]["l"], r["params"]["seed"]) for r in runs) == \
         [("0", "0", "0"), ("0", "0", "1")]  # once per seed, not per n x l
     for r in runs:
-        assert [s for s, _ in r["history"]["miou_tumour"]] == [0]
+        assert [s for s, _ in r["history"]["iou_tumour"]] == [0]
         assert r["tags"][OVERLAP_TAG] == "true" and "training cohort" in r["tags"]["alkit.evaluation_overlap"]
     summary = summarise_study(runs, tmp_path / "summary")
     (row,) = _csv_rows(summary["csv"])
-    assert row["strategy"] == "full" and row["seeds"] == "2" and float(row["miou_tumour_of_full"]) == 1.0
+    assert row["strategy"] == "full" and row["seeds"] == "2" and float(row["iou_tumour_of_full"]) == 1.0
     assert not [k for k in summary if k.startswith("al_curves")]  # no budgets, no curves
-    assert _non_trivial_png(summary["miou_vs_tissue_cycle0"])
+    assert _non_trivial_png(summary["iou_tumour_vs_tissue_cycle0"])
 
 
 def test_evaluation_overlap_names_the_shared_slides():
@@ -172,18 +172,18 @@ def test_evaluation_overlap_names_the_shared_slides():
 def test_summary_fractions_of_full_are_per_seed_and_nan_safe(tmp_path):
     def run(strategy, n, l, seed, miou, tissue):
         return {"params": {"strategy": strategy, "n": str(n), "l": str(l), "seed": str(seed)},
-                "history": {"miou_tumour": [(0, miou)], "annotated_tissue_pct": [(0, tissue)]}}
+                "history": {"iou_tumour": [(0, miou)], "annotated_tissue_pct": [(0, tissue)]}}
 
     runs = [run("full", 0, 0, 0, 0.8, 100.0), run("full", 0, 0, 1, 0.4, 100.0), run("full", 0, 0, 2, 0.0, 100.0),
             run("random", 1, 512, 0, 0.4, 2.0), run("random", 1, 512, 1, 0.4, 3.0),
             run("random", 1, 512, 2, 0.3, 2.5), run("random", 1, 512, 3, 0.1, 2.0)]  # seed 3 has no full run
-    rows = {r["strategy"]: r for r in summary_table(runs, ("miou_tumour", "annotated_tissue_pct"))}
-    assert rows["random"]["miou_tumour_of_full"] == pytest.approx(0.75)  # median of 0.5 and 1.0
-    assert rows["full"]["miou_tumour_of_full"] == 1.0 and "annotated_tissue_pct_of_full" not in rows["full"]
-    alone = summary_table([run("random", 1, 512, 0, float("nan"), 2.0)], ("miou_tumour",))
-    assert np.isnan(alone[0]["miou_tumour_of_full"])
+    rows = {r["strategy"]: r for r in summary_table(runs, ("iou_tumour", "annotated_tissue_pct"))}
+    assert rows["random"]["iou_tumour_of_full"] == pytest.approx(0.75)  # median of 0.5 and 1.0
+    assert rows["full"]["iou_tumour_of_full"] == 1.0 and "annotated_tissue_pct_of_full" not in rows["full"]
+    alone = summary_table([run("random", 1, 512, 0, float("nan"), 2.0)], ("iou_tumour",))
+    assert np.isnan(alone[0]["iou_tumour_of_full"])
     paths = summarise_study(runs, tmp_path)  # NaN medians and a missing reference do not break the plots
-    assert _non_trivial_png(paths["miou_vs_tissue_cycle0"]) and _non_trivial_png(paths["al_curves_l512"])
+    assert _non_trivial_png(paths["iou_tumour_vs_tissue_cycle0"]) and _non_trivial_png(paths["al_curves_l512"])
 
 
 def test_demo_quick_runs_from_the_command_line(tmp_path, capsys, monkeypatch):
@@ -195,7 +195,7 @@ def test_demo_quick_runs_from_the_command_line(tmp_path, capsys, monkeypatch):
     assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db" in out
     assert (tmp_path / "mlflow.db").exists() and (tmp_path / "demo" / "results" / "summary.csv").exists()
     assert (tmp_path / "demo" / "results-mitosis" / "mitoses_vs_tissue.png").exists()
-    assert (tmp_path / "demo" / "results" / "miou_vs_tissue_cycle0.png").exists()
+    assert (tmp_path / "demo" / "results" / "iou_tumour_vs_tissue_cycle0.png").exists()
     assert (tmp_path / "demo" / "results-mitosis" / "f1_vs_tissue_cycle0.png").exists()
 
 
@@ -211,7 +211,7 @@ def test_comparison_against_a_real_tracking_server(demo_study, tmp_path):
         found = client.search_runs([client.get_experiment_by_name(config.study).experiment_id])
         assert [r.info.run_id for r in found] == [runs[0]["run_id"]]
         assert found[0].info.status == "FINISHED" and found[0].data.params["strategy"] == "random"
-        assert len(client.get_metric_history(found[0].info.run_id, "miou_tumour")) == 2
+        assert len(client.get_metric_history(found[0].info.run_id, "iou_tumour")) == 2
     finally:
         stop_server(info)
     assert not os.path.exists(tmp_path / "server" / "server.pid")

@@ -39,7 +39,7 @@ def test_run_records_params_metrics_and_artefacts(store, tmp_path):
                             "strategy": "prototype", "note": "x" * 7000},
                            tags={"study": "unit"}) as run:
         for cycle in range(3):
-            run.log_metrics({"miou_tumour": 0.1 * cycle, "tissue_pct": cycle + 1.5,
+            run.log_metrics({"iou_tumour": 0.1 * cycle, "tissue_pct": cycle + 1.5,
                              "f1": None, "odd": math.nan if cycle == 1 else 1.0}, step=cycle)
         run.log_artifact(tmp_path / "regions.json")
         run.log_artifact(tmp_path / "png", artifact_path="png")
@@ -56,7 +56,7 @@ def test_run_records_params_metrics_and_artefacts(store, tmp_path):
     assert params["alkit_version"] == alkit.__version__ and tags["alkit.version"] == alkit.__version__
     assert len(params["note"]) <= 6000 and params["note"].endswith("...")
     assert {k: tags[k] for k in KEY} == KEY and tags["study"] == "unit" and tags["extra"] == "1"
-    history = [(m.step, m.value) for m in client.get_metric_history(run.run_id, "miou_tumour")]
+    history = [(m.step, m.value) for m in client.get_metric_history(run.run_id, "iou_tumour")]
     assert sorted(history) == [(0, 0.0), (1, 0.1), (2, pytest.approx(0.2))]
     odd = sorted((m.step, m.value) for m in client.get_metric_history(run.run_id, "odd"))
     assert math.isnan(odd[1][1]) and odd[2] == (2, 1.0)  # NaN is kept
@@ -75,7 +75,7 @@ def test_failure_is_recorded_reraised_and_not_resumed(store):
     tracker = Tracker("failures", tracking_uri=store)
     with pytest.raises(RuntimeError, match="out of memory"):
         with tracker.start_run("first", KEY, {}) as failed:
-            failed.log_metrics({"miou_tumour": 0.3}, step=0)
+            failed.log_metrics({"iou_tumour": 0.3}, step=0)
             raise RuntimeError("out of memory")
     client = MlflowClient(store)
     assert client.get_run(failed.run_id).info.status == "FAILED"
@@ -83,7 +83,7 @@ def test_failure_is_recorded_reraised_and_not_resumed(store):
     assert tracker.finished_run(KEY) is None and tracker.runs() == []
 
     with tracker.start_run("second", KEY, {}) as done:
-        done.log_metrics({"miou_tumour": 0.5}, step=0)
+        done.log_metrics({"iou_tumour": 0.5}, step=0)
     assert tracker.finished_run(KEY) == done.run_id
     assert tracker.finished_run({**KEY, "seed": "1"}) is None
     assert tracker.finished_run({"strategy": "prototype"}) == done.run_id  # a partial key matches too
@@ -104,16 +104,16 @@ def test_runs_returns_params_final_metrics_and_histories(store):
             key = {"strategy": strategy, "seed": str(seed), "config_hash": "h"}
             with tracker.start_run(f"{strategy}-{seed}", key, {"n": 3}) as run:
                 for cycle in range(3):
-                    run.log_metrics({"miou_tumour": cycle + seed / 10}, step=cycle)
-                run.log_metrics({"miou_tumour": 9.0}, step=2)  # logged again: replaces step 2
+                    run.log_metrics({"iou_tumour": cycle + seed / 10}, step=cycle)
+                run.log_metrics({"iou_tumour": 9.0}, step=2)  # logged again: replaces step 2
     everything = tracker.runs()
     assert [r["name"] for r in everything] == ["random-0", "random-1", "prototype-0", "prototype-1"]
     chosen = tracker.runs({"strategy": "prototype", "seed": "1"})
     assert len(chosen) == 1
     one = chosen[0]
     assert one["params"]["n"] == "3" and one["tags"]["strategy"] == "prototype"
-    assert one["metrics"]["miou_tumour"] == 9.0
-    assert one["history"]["miou_tumour"] == [(0, 0.1), (1, 1.1), (2, 9.0)]
+    assert one["metrics"]["iou_tumour"] == 9.0
+    assert one["history"]["iou_tumour"] == [(0, 0.1), (1, 1.1), (2, 9.0)]
     assert one["end_time"] >= one["start_time"]
     assert tracker.runs({"strategy": "diversity"}) == []
     assert tracker.runs({"strategy": "random"}, histories=False)[0]["history"] == {}
@@ -163,14 +163,14 @@ def test_lightning_logger_writes_into_the_same_run(store, tmp_path, monkeypatch)
             trainer.fit(Tiny(), torch.utils.data.DataLoader(data, batch_size=8))
             # Lightning does not end the run: the tracker does
             assert MlflowClient(store).get_run(run.run_id).info.status == "RUNNING"
-            run.log_metrics({"miou_tumour": 0.5 + cycle}, step=cycle)
+            run.log_metrics({"iou_tumour": 0.5 + cycle}, step=cycle)
     assert "MLFLOW_TRACKING_URI" not in os.environ and mlflow.get_tracking_uri() == global_uri
     summary = tracker.runs({"seed": "0"})[0]
     assert summary["tags"]["alkit.version"] == alkit.__version__
     for cycle in range(2):
         curve = summary["history"][f"cycle{cycle}-train_loss"]
         assert [step for step, _ in curve] == [3, 7] and all(np.isfinite(v) for _, v in curve)
-    assert summary["history"]["miou_tumour"] == [(0, 0.5), (1, 1.5)]
+    assert summary["history"]["iou_tumour"] == [(0, 0.5), (1, 1.5)]
     assert MlflowClient(store).get_run(run.run_id).info.status == "FINISHED"
 
 

@@ -50,11 +50,11 @@ def test_summary_averages_tumour_slides_and_reports_false_positives_apart():
     silent = SlideMetrics("d", tp=0, fp=0, fn=0, tn=40)  # tumour-free, FPR 0, IoU undefined
     assert math.isnan(silent.iou) and not silent.has_tumour and clean.iou == 0.0
     s = summarise([a, b, clean, silent])
-    assert s["miou_tumour"] == pytest.approx(0.75) and s["n_tumour_slides"] == 2
+    assert s["iou_tumour"] == pytest.approx(0.75) and s["n_tumour_slides"] == 2
     assert s["fp_rate_tumour_free"] == pytest.approx(0.05) and s["n_tumour_free_slides"] == 2
     assert s["iou_per_slide"] == {"a": 0.5, "b": 1.0}
     empty = summarise([clean])
-    assert math.isnan(empty["miou_tumour"]) and empty["n_tumour_slides"] == 0
+    assert math.isnan(empty["iou_tumour"]) and empty["n_tumour_slides"] == 0
     assert math.isnan(summarise([a])["fp_rate_tumour_free"])
 
 

@@ -97,7 +97,7 @@ def test_learns_tumour_on_unseen_slides(embedded_cohort, truth):
     s = summarise(results)
     chance = max(prevalence)  # a coin with the tumour prevalence scores about this IoU (less, in fact)
     assert s["n_tumour_slides"] == 2 and s["n_tumour_free_slides"] == 2
-    assert s["miou_tumour"] >= 0.3 > 3 * chance
+    assert s["iou_tumour"] >= 0.3 > 3 * chance
     assert min(s["iou_per_slide"].values()) >= 0.2
     assert s["fp_rate_tumour_free"] <= 0.05
 

@@ -320,7 +320,7 @@ def test_task_evaluate_reports_both_sets(synthetic_cohort, embedded_cohort):
 
     own = summarise(evaluate_slide(s.slide_id, maps[s.store().slide_id], task.truth(s), s.store().embedded_mask())
                     for s in embedded_cohort)
-    assert m["miou_tumour"] == own["miou_tumour"]  # alkit's own metrics are untouched
+    assert m["iou_tumour"] == own["iou_tumour"]  # alkit's own metrics are untouched
     np.testing.assert_equal(m["fp_rate_tumour_free"], own["fp_rate_tumour_free"])
     ref = miou_reference(probs, truths, mpp)
     assert sum(t.any() for t in truths) >= 1

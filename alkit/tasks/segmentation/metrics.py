@@ -105,7 +105,7 @@ def evaluate_slide(slide_id: str, prob: np.ndarray, truth_fraction: np.ndarray, 
 
 
 def summarise(results: Iterable[SlideMetrics]) -> dict:
-    """Cohort figures: ``miou_tumour`` (mean IoU over slides with tumour), ``fp_rate_tumour_free`` (mean
+    """Cohort figures: ``iou_tumour`` (mean IoU over slides with tumour), ``fp_rate_tumour_free`` (mean
     false-positive rate over the others), their slide counts, and the IoU of each slide with tumour.
 
     A mean over no slide is NaN.
@@ -113,7 +113,7 @@ def summarise(results: Iterable[SlideMetrics]) -> dict:
     results = list(results)
     ious = {r.slide_id: r.iou for r in results if r.has_tumour}
     fprs = [r.fp_rate for r in results if not r.has_tumour and r.n_cells > 0]
-    return {"miou_tumour": float(np.mean(list(ious.values()))) if ious else float("nan"),
+    return {"iou_tumour": float(np.mean(list(ious.values()))) if ious else float("nan"),
             "n_tumour_slides": len(ious),
             "fp_rate_tumour_free": float(np.mean(fprs)) if fprs else float("nan"),
             "n_tumour_free_slides": len(fprs),

@@ -47,10 +47,10 @@ class SegmentationTask:
     """Tumour segmentation by patch classification; ``model`` is trained afresh at every ``fit``."""
 
     name: ClassVar[str] = "segmentation"
-    summary_metrics: ClassVar[tuple[str, ...]] = ("miou_tumour", "annotated_tissue_pct", "annotated_tumour_pct",
+    summary_metrics: ClassVar[tuple[str, ...]] = ("iou_tumour", "annotated_tissue_pct", "annotated_tumour_pct",
                                                   "fp_rate_tumour_free", "miou_reference", "iou_normal_reference",
                                                   "iou_tumour_reference", "auc_reference")
-    summary_plots: ClassVar[tuple[SummaryPlot, ...]] = (SummaryPlot("miou_tumour", "miou_vs_tissue"),
+    summary_plots: ClassVar[tuple[SummaryPlot, ...]] = (SummaryPlot("iou_tumour", "iou_tumour_vs_tissue"),
                                                         SummaryPlot("annotated_tumour_pct", "tumour_vs_tissue"))
     mc_dropout: ClassVar[bool] = True
     prototype_crops: ClassVar[bool] = False
@@ -168,7 +168,7 @@ class SegmentationTask:
             steps.add(round(slide.grid.stride0 * slide.grid.slide_mpp, 6))
         summary = summarise(results)
         tumour = total_mm2(cohort, self.truth)
-        metrics = {"miou_tumour": summary["miou_tumour"], "fp_rate_tumour_free": summary["fp_rate_tumour_free"],
+        metrics = {"iou_tumour": summary["iou_tumour"], "fp_rate_tumour_free": summary["fp_rate_tumour_free"],
                    "annotated_tumour_pct": 100.0 * pool.total("tumour_mm2") / tumour if tumour else 0.0}
         if len(steps) > 1:
             raise ValueError(f"test slides on grids of different cell steps ({sorted(steps)} µm) cannot share "

@@ -1,7 +1,7 @@
 """A study's summary: the median over seeds per strategy × budget × cycle, as CSV, markdown and plots.
 
 The columns and plots are the task's (:attr:`alkit.al.task.Task.summary_metrics`,
-:attr:`~alkit.al.task.Task.summary_plots`): e.g. mIoU and annotated tumour % for segmentation, F1 and
+:attr:`~alkit.al.task.Task.summary_plots`): e.g. tumour IoU and annotated tumour % for segmentation, F1 and
 the annotated-mitoses ratio for detection, each plotted against annotated tissue %.
 
 Where the study ran the reference strategy ``full`` (:data:`REFERENCE_STRATEGY`, every tissue cell

@@ -226,8 +226,13 @@ def test_shipped_configs_are_well_formed():
         load_config(experiments / "mitos_wsi_cmc.yaml")
     mitos = yaml.safe_load((experiments / "mitos_wsi_cmc.yaml").read_text())
     assert mitos["task"]["kind"] == "detection" and mitos["embedding"]["patch"] == mitos["embedding"]["stride"] == 64
-    synthetic = yaml.safe_load((experiments / "synthetic.yaml").read_text())
-    assert synthetic["strategies"] == ["random", "diversity", "prototype"]
+    with pytest.raises(ConfigError, match="key 'cohort.slides'"):
+        load_config(experiments / "camelyon16_plip.yaml")
+    for name in ("synthetic.yaml", "headline.yaml", "camelyon16.yaml", "camelyon16_plip.yaml", "mitos_wsi_cmc.yaml"):
+        config = yaml.safe_load((experiments / name).read_text())  # full annotation beside every comparison
+        assert config["strategies"] == ["full", "random", "diversity", "prototype"], name
+    headline = yaml.safe_load((experiments / "headline.yaml").read_text())
+    assert headline["seeds"] == [0, 1, 2, 3, 4] and headline["budgets"]["n"] == [1, 3, 5]
 
 
 # ------------------------------------------------------------------------------------------ detection

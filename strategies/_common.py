@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from alkit.embeddings.cohort import CohortSlide
-from alkit.selection.regions import box_sums, check_selector_options, select_adaptive, select_standard
+from alkit.selection.adaptive import select_adaptive
+from alkit.selection.regions import box_sums, check_selector_options, select_standard
 from alkit.selection.strategy import Box, Labeled, RegionPick, StrategyError
 
 SELECTORS = {"standard": select_standard, "adaptive": select_adaptive}

@@ -126,3 +126,15 @@ def on_tissue_count(slide, points) -> int:
     embedded = {tuple(c) for c in StoreHeader.load(slide.store_path).coords.tolist()}
     s = slide.grid.stride0
     return sum((int(y // s), int(x // s)) in embedded for x, y in np.asarray(points).reshape(-1, 2))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``): prototype
+    embeddings come out the same bytes on every machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

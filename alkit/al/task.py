@@ -22,7 +22,7 @@ figures, F1). Both are registered in the ``alkit.tasks`` entry-point group by al
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
@@ -70,7 +70,6 @@ class TaskSettings:
     has_validation_slides: bool
     resolve: Callable[[str], str]  # a config-relative path made absolute
     slide_mpp: float | None = None
-    extra: dict = field(default_factory=dict)
 
 
 @runtime_checkable

@@ -1,7 +1,7 @@
 """Uncertainty acquisition measures, per patch and as score maps on a slide's patch grid.
 
 Every measure is "higher = more uncertain = more worth annotating", non-negative, so its map goes
-straight into :func:`alkit.selection.regions.select_standard` / :func:`~alkit.selection.regions.select_adaptive`
+straight into :func:`alkit.selection.regions.select_standard` / :func:`~alkit.selection.adaptive.select_adaptive`
 (with the labeled regions passed as ``labeled=``, so they are never picked again).
 
 Probabilities come as arrays ``(..., K)`` whose last axis holds the K class probabilities (rows

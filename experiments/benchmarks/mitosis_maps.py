@@ -11,7 +11,7 @@ features per slide (``--dtype float16`` halves it). This script
   2. times the similarity map streamed from the file (:func:`alkit.prototypes.maps.similarity_map_from_file`,
      chunk rows at a time) and, for contrast, the in-memory path (``EmbeddingStore.load`` +
      :func:`alkit.prototypes.maps.similarity_map`, --no-inmemory skips it);
-  3. times :func:`alkit.selection.regions.select_standard` and :func:`alkit.selection.regions.select_adaptive` on that map
+  3. times :func:`alkit.selection.regions.select_standard` and :func:`alkit.selection.adaptive.select_adaptive` on that map
      with size = 8192 / 64 = 128 cells, n = 5.
 
 Every stage runs in its own child process. Memory: ``tracemalloc`` peak of Python/numpy allocations
@@ -131,7 +131,8 @@ def _timed(fn, label: str) -> tuple[object, dict]:
 def run_stage(stage: str, store: Path, chunk: int, map_path: Path) -> dict:
     """One measured stage, in this (child) process."""
     from alkit.prototypes.maps import similarity_map, similarity_map_from_file
-    from alkit.selection.regions import select_adaptive, select_standard
+    from alkit.selection.adaptive import select_adaptive
+    from alkit.selection.regions import select_standard
     from alkit.embeddings.store import EmbeddingStore
 
     protos = prototypes(int(h5py.File(store, "r")["features"].shape[1]))

@@ -28,7 +28,8 @@ import numpy as np
 from scipy.ndimage import gaussian_filter, uniform_filter
 
 from alkit.selection.clustering import faiss_available, kmeans
-from alkit.selection.regions import select_adaptive, select_standard
+from alkit.selection.adaptive import select_adaptive
+from alkit.selection.regions import select_standard
 
 TARGETS_MS = {"standard": 50.0, "adaptive": 100.0}
 KMEANS_TARGET_S = 30.0

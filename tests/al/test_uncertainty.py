@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from alkit.selection.regions import boxes_overlap, select_adaptive, select_standard
+from alkit.selection.adaptive import select_adaptive
+from alkit.selection.regions import boxes_overlap, select_standard
 from alkit.al.uncertainty import (MEASURES, bald, binary_probs, entropy, least_confidence, margin, uncertainty,
                                uncertainty_map)
 

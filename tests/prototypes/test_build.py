@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from alkit.captions import KeywordQuery, load_arch_set, read_hits, search, write_hits
 from alkit.captions.images import ImagePrep
@@ -21,16 +20,10 @@ from alkit.prototypes.crops import PATCH_PX, build_crop_prototypes, synthetic_mi
 from alkit.prototypes.prototype_set import PrototypeError, PrototypeSet, build_prototypes
 from alkit.synthetic import generate_cohort
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TUMOUR = {"with": [["breast"], ["tumor", "cancer", "carcinoma"]], "without": ["IHC", "immunohistochemical"]}
 MITOTIC = {"with": [["mitotic", "mitoses", "mitosis"]], "without": ["IHC"]}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

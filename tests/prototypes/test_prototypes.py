@@ -20,17 +20,11 @@ from alkit.prototypes.prototype_set import (ClassPrototypes, EncoderMismatchErro
 from alkit.embeddings.store import write_store
 from alkit.synthetic import generate_cohort
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 BREAST_WITH = ("breast", "abnormal,tumor,cancer,carcinoma,metastases,metastasis,metastatic")
 BREAST_WITHOUT = "IHC,immunohistochemical,immunohistochemistry,immunostain,photomicrograph,photomicrography"
 TUMOR = KeywordQuery("tumor", tuple(tuple(g.split(",")) for g in BREAST_WITH), tuple(BREAST_WITHOUT.split(",")))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

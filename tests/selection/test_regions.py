@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy.ndimage import gaussian_filter
 
+from alkit.selection.adaptive import select_adaptive
 from alkit.selection.regions import (SELECTOR_OPTIONS, Region, box_sums, boxes_overlap, check_selector_options,
-                                    overlap_mask, select_adaptive, select_standard)
+                                    overlap_mask, select_standard)
 
 SELECTORS = [select_standard, select_adaptive]
 #: the adaptive selector with the reference's area rule, and with every reference option

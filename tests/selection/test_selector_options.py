@@ -9,7 +9,7 @@ import pytest
 import strategies._common as common
 from alkit.prototypes.maps import similarity_map
 from alkit.prototypes.prototype_set import ClassPrototypes, PrototypeSet
-from alkit.selection.regions import select_adaptive
+from alkit.selection.adaptive import select_adaptive
 from alkit.selection.strategy import Budget, StrategyError, get_strategy
 
 REFERENCE = {"rule": "area", "median_filter": True, "connectivity": 8, "fallback": "half"}

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -193,13 +193,20 @@ def choose_threshold(detections: Mapping[str, Detections], truth: Mapping[str, n
             cands = np.unique(np.quantile(cands, np.linspace(0, 1, max_candidates), method="nearest"))
     else:
         cands = np.unique(np.asarray(candidates, np.float64))
+    return sweep_thresholds(cands, lambda t: evaluate_detections(detections, truth, threshold=t, radius=radius,
+                                                                 boxes=boxes)["pooled"]["f1"], "F1")
+
+
+def sweep_thresholds(candidates: np.ndarray, f1_at: Callable[[float], float], what: str) -> tuple[float, float]:
+    """``(threshold, F1)`` with the best finite ``f1_at(threshold)`` over ``candidates``; ties go to the
+    highest threshold (fewest detections). Without a finite F1 anywhere: 0.5 and NaN, logged."""
     best_t, best_f1 = 0.5, -1.0
-    for t in cands[::-1]:  # descending: a strictly better F1 is needed to move to a lower threshold
-        f1 = evaluate_detections(detections, truth, threshold=float(t), radius=radius, boxes=boxes)["pooled"]["f1"]
+    for t in np.asarray(candidates, np.float64)[::-1]:  # descending: only a strictly better F1 moves lower
+        f1 = f1_at(float(t))
         if not math.isnan(f1) and f1 > best_f1:
             best_t, best_f1 = float(t), f1
     if best_f1 < 0:
-        log.warning("no threshold gives a defined F1 (no detections or ground truth); using %.2f", best_t)
+        log.warning("no threshold gives a defined %s (no detections or ground truth); using %.2f", what, best_t)
         return best_t, math.nan
     return best_t, best_f1
 

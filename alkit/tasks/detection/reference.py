@@ -33,7 +33,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from scipy.spatial import cKDTree
 
-from alkit.tasks.detection.metrics import MAX_THRESHOLD_CANDIDATES, RADIUS_PX, Detections, points_in_boxes
+from alkit.tasks.detection.metrics import (MAX_THRESHOLD_CANDIDATES, RADIUS_PX, Detections, points_in_boxes,
+                                          sweep_thresholds)
 
 log = logging.getLogger(__name__)
 
@@ -182,13 +183,9 @@ def choose_threshold_reference(detections: Mapping[str, Detections], truth: Mapp
         cands = np.array([0.5])
     slides = [_SlidePairs(*_slide_points(detections, truth, slide, boxes), radius)
               for slide in sorted(set(detections) | set(truth)) if boxes is None or slide in boxes]
-    best_t, best_f1 = 0.5, -1.0
-    for t in cands[::-1]:  # descending: a strictly better F1 is needed to move to a lower threshold
-        tp, fp, fn = (int(v) for v in np.sum([s.counts(float(t)) for s in slides] or [(0, 0, 0)], axis=0))
-        f1 = _f1(tp, fp, fn)
-        if not math.isnan(f1) and f1 > best_f1:
-            best_t, best_f1 = float(t), f1
-    if best_f1 < 0:
-        log.warning("no threshold gives a defined reference F1 (no detections or ground truth); using %.2f", best_t)
-        return best_t, math.nan
-    return best_t, best_f1
+
+    def f1_at(t: float) -> float:
+        tp, fp, fn = (int(v) for v in np.sum([s.counts(t) for s in slides] or [(0, 0, 0)], axis=0))
+        return _f1(tp, fp, fn)
+
+    return sweep_thresholds(cands, f1_at, "reference F1")

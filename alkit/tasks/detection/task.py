@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -41,6 +42,8 @@ from alkit.al.task import SummaryPlot, TaskConfigError, TaskSettings
 from alkit.embeddings.cohort import Cohort, CohortSlide, expand_slide_paths
 from alkit.embeddings.store import StoreHeader
 from alkit.errors import AlkitError
+from alkit.prototypes.build import CropSpec
+from alkit.prototypes.prototype_set import PrototypeError
 from alkit.tasks.detection.detector import MitosisDetectorModel
 from alkit.tasks.detection.examples import DetectionExample
 from alkit.tasks.detection.labels import check_classes
@@ -52,7 +55,6 @@ from alkit.tasks.settings import check_model_params, resolve_existing
 log = logging.getLogger(__name__)
 
 RESERVED = {"kind"}
-CROP_KEYS = {"figures", "boxes", "side"}
 
 
 def sliderunner_files(truth: Mapping[str, Any]) -> list[Path]:
@@ -123,10 +125,13 @@ class DetectionTask:
             raise TaskConfigError("prototypes.classes", f": detection prototypes are one class of mitosis crops, "
                                                         f"got {sorted(protos.get('classes', {}))}")
         crops = protos.get("crops", {})
-        if not isinstance(crops, dict) or set(crops) - CROP_KEYS:
-            unknown = sorted(set(crops) - CROP_KEYS) if isinstance(crops, dict) else crops
-            raise TaskConfigError("prototypes.crops", f"knows 'figures' (a synthetic truth.json), 'boxes' (a crop-box "
-                                                      f"JSON) and 'side' (centre crops, px); got {unknown}")
+        try:
+            CropSpec.from_config(crops)  # the keys and values the prototype builder accepts
+        except PrototypeError as exc:
+            found = re.match(r"key '([^']+)'(.*)", str(exc), re.S)
+            key, reason = found.groups() if found else ("prototypes.crops", f": {exc}")
+            raise TaskConfigError(key, reason.lstrip(" ")) from None
+        crops = dict(crops)
         for key in ("figures", "boxes"):
             if key in crops:
                 crops[key] = settings.resolve(crops[key])

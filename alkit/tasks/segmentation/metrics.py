@@ -45,7 +45,7 @@ def slide_iou(pred: np.ndarray, truth: np.ndarray, valid: np.ndarray | None = No
     if pred.shape != truth.shape:
         raise ValueError(f"prediction {pred.shape} and truth {truth.shape} differ in shape")
     if valid is not None:
-        valid = _valid(valid, pred.shape)
+        valid = check_mask(valid, pred.shape)
         pred, truth = pred & valid, truth & valid
     union = int(np.count_nonzero(pred | truth))
     return float("nan") if union == 0 else np.count_nonzero(pred & truth) / union
@@ -95,7 +95,7 @@ def evaluate_slide(slide_id: str, prob: np.ndarray, truth_fraction: np.ndarray, 
         raise ValueError(f"probability map {prob.shape} and truth {truth_fraction.shape} must be the same 2-D shape")
     if not (np.isfinite(prob).all() and np.isfinite(truth_fraction).all()):
         raise ValueError(f"{slide_id}: probability and truth maps must be finite")
-    valid = np.ones(prob.shape, bool) if valid is None else _valid(valid, prob.shape)
+    valid = np.ones(prob.shape, bool) if valid is None else check_mask(valid, prob.shape)
     pred = (prob >= threshold)[valid]
     truth = (truth_fraction >= truth_threshold)[valid]
     tp = int(np.count_nonzero(pred & truth))
@@ -129,7 +129,7 @@ def annotated_percent(slides: Iterable[tuple[np.ndarray, np.ndarray]]) -> float:
     inside = total = 0.0
     for fraction, labeled in slides:
         fraction = np.asarray(fraction, np.float64)
-        labeled = _valid(labeled, fraction.shape)
+        labeled = check_mask(labeled, fraction.shape)
         if not np.isfinite(fraction).all() or (fraction < 0).any():
             raise ValueError("area fractions must be finite and non-negative")
         inside += float(fraction[labeled].sum())
@@ -147,10 +147,11 @@ def annotated_tumour_percent(slides: Iterable[tuple[np.ndarray, np.ndarray]]) ->
     return annotated_percent(slides)
 
 
-def _valid(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+def check_mask(mask: np.ndarray, shape: tuple[int, ...], what: str = "mask") -> np.ndarray:
+    """``mask`` as a boolean array of ``shape``, or a ValueError naming ``what`` is wrong."""
     mask = np.asarray(mask)
     if mask.shape != tuple(shape):
-        raise ValueError(f"mask of shape {mask.shape} does not match the map {tuple(shape)}")
+        raise ValueError(f"{what} of shape {mask.shape} does not match the map {tuple(shape)}")
     if mask.dtype != bool:
-        raise ValueError(f"masks must be boolean, got dtype {mask.dtype}")
+        raise ValueError(f"{what} must be boolean, got dtype {mask.dtype}")
     return mask

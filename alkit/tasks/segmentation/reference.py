@@ -41,6 +41,8 @@ from scipy.ndimage import binary_fill_holes
 from skimage.measure import label, regionprops
 from sklearn.metrics import roc_auc_score
 
+from alkit.tasks.segmentation.metrics import check_mask
+
 #: the reference's post-processing threshold: tumour where ``p > PRED_THRESHOLD``
 PRED_THRESHOLD = 0.5
 #: largest isolated-tumour-cell cluster, µm (CAMELYON16: ITC ≤ 0.2 mm)
@@ -80,15 +82,6 @@ def reference_mask(prob: np.ndarray, mpp: float, threshold: float = PRED_THRESHO
     return np.isin(labels, keep) if keep else np.zeros(pred.shape, bool)
 
 
-def _truth_map(truth: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    truth = np.asarray(truth)
-    if truth.shape != tuple(shape):
-        raise ValueError(f"truth of shape {truth.shape} does not match the probability map {tuple(shape)}")
-    if truth.dtype != bool:
-        raise ValueError(f"truth maps must be boolean (tumour), got dtype {truth.dtype}")
-    return truth
-
-
 def iou_from_masks(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     """``(IoU normal, IoU tumour)`` of boolean masks over all their pixels, with the reference's ``+1e-4``."""
     pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
@@ -105,7 +98,7 @@ def slide_iou_reference(prob: np.ndarray, truth: np.ndarray, mpp: float,
     """``(IoU normal, IoU tumour)`` of one slide: ``prob`` its tumour probability map, ``truth`` its
     boolean tumour map, both at ``mpp`` µm/px."""
     pred = reference_mask(prob, mpp, threshold)
-    return iou_from_masks(pred, _truth_map(truth, pred.shape))
+    return iou_from_masks(pred, check_mask(truth, pred.shape, "truth map (tumour)"))
 
 
 def miou_reference(probabilities: Sequence[np.ndarray], truths: Sequence[np.ndarray], mpp: float,

@@ -155,7 +155,7 @@ class SegmentationTask:
         and boolean truth (cell tumour fraction >= ``tumour_threshold``) at the grid's cell step in µm
         (``stride0 * slide_mpp``): 256-px patches at 0.25 µm/px give 64 µm/px, about the reference's
         level 8 of a 0.243 µm/px slide (62.2 µm/px; ITC size 3 px at both). A slide is a tumour slide
-        (mIoU mean, AUC positive) when its truth map has a tumour cell, as in alkit's own mIoU.
+        (mIoU mean, AUC positive) when its truth map has a tumour cell, as in alkit's own ``iou_tumour``.
         """
         results, probs, truths, steps = [], [], [], set()
         for slide in test_cohort:

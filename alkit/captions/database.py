@@ -25,6 +25,7 @@ counts with a few example ids each, and they are logged.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -143,6 +144,32 @@ class CaptionDB:
     @property
     def ids(self) -> list[str]:
         return self.table["id"].tolist()
+
+    def digest(self) -> str:
+        """A short SHA-256 of everything a search or a prototype build reads: every row's columns, each
+        image's name inside its root and file size (so a replaced image changes it, a moved database
+        does not), and the caption embeddings. Equal databases give equal digests across machines."""
+        h = hashlib.sha256()
+        rows = self.table[list(COLUMNS)].astype(object).where(self.table[list(COLUMNS)].notna(), None)
+        images = [self._image_identity(v) for v in rows["image"]]
+        records = rows.drop(columns="image").to_dict("records")
+        h.update(json.dumps([records, images], default=str, sort_keys=True, ensure_ascii=False).encode("utf-8"))
+        if self.embeddings is not None:
+            h.update(f"{self.embedding_encoder}:{self.embeddings.shape}".encode())
+            h.update(np.ascontiguousarray(self.embeddings, np.float32).tobytes())
+        return h.hexdigest()[:16]
+
+    def _image_identity(self, value: object) -> list | None:
+        """``[name inside its root, size in bytes]`` of one image path (size -1 when missing)."""
+        if value is None:
+            return None
+        path = Path(str(value))
+        root = next((r for r in self.roots if path.is_relative_to(r)), None)
+        name = path.relative_to(root).as_posix() if root is not None else path.name
+        try:
+            return [name, path.stat().st_size]
+        except OSError:
+            return [name, -1]
 
     @property
     def has_image(self) -> np.ndarray:

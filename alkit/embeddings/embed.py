@@ -185,6 +185,7 @@ class Embedder:
             "encoder": self.encoder.name, "weights_id": self.encoder.weights_id, "dim": self.encoder.dim,
             "mpp": self.mpp, "patch": self.config.patch, "stride": self.stride,
             "min_tissue": self.config.min_tissue, "slide": slide.name, "slide_path": str(slide.path),
+            "slide_content_id": slide.content_id,
             "slide_dimensions": list(slide.dimensions), "slide_mpp": slide.mpp, "grid_shape": list(grid.shape),
         }
 

@@ -27,7 +27,10 @@ from alkit.wsi.grid import PatchGrid
 
 FORMAT_VERSION = 2  # 2: tissue fraction of every cell
 #: attributes that must match for a store to be reused
-KEY_ATTRS = ("encoder", "weights_id", "mpp", "patch", "stride", "min_tissue", "slide_dimensions", "slide_mpp")
+#: (``slide_content_id``: the slide's pixels, :attr:`alkit.wsi.slide.Slide.content_id`, so a different slide
+#: under the same name, or a rescan, is embedded again)
+KEY_ATTRS = ("encoder", "weights_id", "mpp", "patch", "stride", "min_tissue", "slide_dimensions", "slide_mpp",
+             "slide_content_id")
 
 
 class StoreError(AlkitError, ValueError):

@@ -287,7 +287,8 @@ def with_softmax_contrast(queries: Sequence[ClassQuery]) -> list[ClassQuery]:
     return out
 
 
-def study_prototypes(settings: Mapping[str, Any], encoder, *, crops: bool = False) -> PrototypeSet:
+def study_prototypes(settings: Mapping[str, Any], encoder, *, crops: bool = False,
+                     db: CaptionDB | None = None) -> PrototypeSet:
     """The prototype set a study config's ``prototypes`` mapping describes: the caption database ``db``
     (path resolved), one :class:`ClassQuery` per ``classes`` entry (a ``rank: softmax`` one contrasted
     with the other retrieval classes, :func:`with_softmax_contrast`) and, when the task's prototypes are
@@ -302,4 +303,5 @@ def study_prototypes(settings: Mapping[str, Any], encoder, *, crops: bool = Fals
     exclude = read_id_list(exclude) if isinstance(exclude, (str, os.PathLike)) else [str(i) for i in exclude]
     prep = settings.get("prep")  # whole-image preparation, e.g. {mode: crop, size: 256}: the slides' patch field
     prep = ImagePrep(prep.get("mode", "crop"), prep.get("size"), prep.get("scale", 1.0)) if prep else None
-    return build_prototype_set(open_database(settings["db"]), queries, encoder, crops=spec, exclude=exclude, prep=prep)
+    db = db if db is not None else open_database(settings["db"])  # ``db``: the database already opened
+    return build_prototype_set(db, queries, encoder, crops=spec, exclude=exclude, prep=prep)

@@ -7,6 +7,7 @@ Every read states its resolution in microns per pixel (mpp); boxes are always le
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -83,6 +84,18 @@ def _why_unopenable(path: Path) -> str:
         tiff_log.setLevel(level)
     return (f"a TIFF file ({size} bytes) that OpenSlide cannot read as a slide: "
             "unsupported layout (e.g. not tiled) or corrupt tiles")
+
+
+def file_fingerprint(path: Path, edge: int = 1 << 20) -> str:
+    """``<size>:<sha256 of the first and last edge bytes>``: a content identity that reads at most 2 MiB."""
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        digest.update(f.read(edge))
+        if size > edge:
+            f.seek(max(edge, size - edge))
+            digest.update(f.read(edge))
+    return f"{size}:{digest.hexdigest()[:32]}"
 
 
 def _mpp_from_properties(props: openslide._PropertyMap) -> MppInfo | None:
@@ -179,6 +192,16 @@ class Slide:
     def name(self) -> str:
         """Slide id: the file name without its suffix."""
         return self.path.stem
+
+    @property
+    def content_id(self) -> str:
+        """What identifies the slide's pixels, not its path: OpenSlide's ``quickhash-1`` (a hash of the
+        smallest level and the properties) where the format has one, else the file's size and the
+        SHA-256 of its first and last MiB. A slide copied or renamed keeps it; a rescan does not."""
+        quickhash = self._osr.properties.get("openslide.quickhash-1")
+        if quickhash:
+            return f"quickhash-1:{quickhash}"
+        return f"file:{file_fingerprint(self.path)}"
 
     @property
     def mpp(self) -> float:

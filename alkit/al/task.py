@@ -11,7 +11,10 @@ so the loop (:mod:`alkit.al.loop`) and the study runner (:mod:`alkit.study.run`)
   (a classifier's output, or a detector's best detection score per cell), with MC-dropout samples where
   the model has dropout;
 * evaluation and its metric names, the summary columns and plots of a study;
-* its own config checks (``task:`` parameters, ground-truth keys, prototype and acquisition rules).
+* its own config schema and checks: :attr:`Task.params_schema` (the ``task:`` parameters) and
+  :attr:`Task.ground_truth_schema` (``cohort.ground_truth``), pydantic models derived from
+  :class:`ConfigSection` that the study config validates every key against (and documents), then
+  :meth:`Task.check_config` for what a schema cannot say (paths exist, prototype and acquisition rules).
 
 Built-ins: ``segmentation`` (:class:`alkit.tasks.segmentation.task.SegmentationTask`, tumour by patch
 classification, mIoU) and ``detection`` (:class:`alkit.tasks.detection.task.DetectionTask`, mitotic
@@ -26,6 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
 from alkit.al.oracle import Oracle, RegionReport
 from alkit.errors import AlkitError
@@ -49,6 +53,14 @@ class TaskConfigError(TaskError):
     def __init__(self, key: str, reason: str) -> None:
         super().__init__(f"key '{key}'{'' if reason.startswith(':') else ' '}{reason}")
         self.key, self.reason = key, reason
+
+
+class ConfigSection(BaseModel):
+    """A mapping of a study config with known keys: unknown keys are refused and values are not coerced
+    (YAML's types count: ``"lots"`` is no integer, ``true`` no number). Each field's ``description`` is
+    its line in the generated key reference (``alkit compare --schema``)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 @dataclass(frozen=True)
@@ -86,6 +98,11 @@ class Task(Protocol):
     mc_dropout: ClassVar[bool]
     #: whether prototypes are object-centred crops of one class (``prototypes.crops``), not whole images
     prototype_crops: ClassVar[bool]
+    #: the schema of the ``task:`` parameters without ``kind`` (a :class:`ConfigSection`); a task without
+    #: one is left to :meth:`check_config` alone
+    params_schema: ClassVar[type[ConfigSection]]
+    #: the schema of ``cohort.ground_truth`` (a :class:`ConfigSection`)
+    ground_truth_schema: ClassVar[type[ConfigSection]]
 
     oracle: Oracle
 

@@ -1,35 +1,49 @@
 """The study config: one YAML file (see ``experiments/*.yaml``), validated in full before any work.
 
-Keys common to every study are checked here; the task named by ``task.kind`` (default
-``segmentation``, any task registered in the ``alkit.tasks`` entry-point group) checks its own parts —
-its ``task:`` parameters, ``cohort.ground_truth`` and its prototype rules
-(:meth:`alkit.al.task.Task.check_config`). Every problem is one :class:`ConfigError` naming the file,
-the key and the reason. Paths are resolved against the config file's folder.
+Three steps, all before anything is read or written beside the config:
+
+1. the file: UTF-8 YAML, one mapping, no key given twice;
+2. the schema (:mod:`alkit.study.schema`, pydantic): every key at every depth is known (a typo is
+   refused with the closest valid name), of its type and in its range; the task named by ``task.kind``
+   (default ``segmentation``, any task registered in the ``alkit.tasks`` entry-point group) validates
+   its own ``task:`` parameters and ``cohort.ground_truth`` against its declared schemas;
+3. what a schema cannot say: strategies are registered and their parameters accepted, selector options,
+   slides and the other input paths exist, the prototype strategy's ``prototypes``, the task's own rules
+   (:meth:`alkit.al.task.Task.check_config`: ground-truth paths, prototype and acquisition rules).
+
+Every problem is one :class:`ConfigError` line naming the file, the dotted key path and the reason.
+Paths are resolved against the config file's folder.
 """
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, ValidationError
 
 from alkit.al.task import DEFAULT_TASK, Task, TaskConfigError, TaskError, TaskSettings, available_tasks, task_class
 from alkit.al.uncertainty import mc_samples_for
 from alkit.embeddings.cohort import expand_slide_paths
 from alkit.captions.images import ImagePrep
 from alkit.errors import AlkitError
+from alkit.plugins import plugin_entry
 from alkit.prototypes.build import ClassQuery
 from alkit.prototypes.prototype_set import PrototypeError
-from alkit.selection.regions import check_selector_options
-from alkit.selection.strategy import StrategyError, available_strategies, get_strategy
+from alkit.selection.regions import SELECTOR_OPTIONS, check_selector_options
+from alkit.selection.strategy import ENTRY_POINT_GROUP as STRATEGIES, StrategyError, available_strategies, get_strategy
+from alkit.study.schema import StudySchema, describe, keys_of, task_schemas
 
-KNOWN_KEYS = ("study", "cohort", "embedding", "prototypes", "strategies", "strategy_params", "selector",
-              "selector_options", "budgets", "seeds", "loop", "task", "out")
-SELECTORS = ("standard", "adaptive")
+KNOWN_KEYS = tuple(keys_of(StudySchema))
+#: parameters the study itself gives these strategies (not ``strategy_params``): the key that sets each
+STUDY_SET = {"prototype": {"prototypes": "prototypes", "selector": "selector", "selector_options": "selector_options"},
+             "uncertainty": {"task": "task", "selector": "selector", "selector_options": "selector_options",
+                             "measure": "loop.acquisition.measure", "mc_samples": "loop.acquisition.mc_samples"}}
 
 
 class ConfigError(AlkitError, ValueError):
@@ -79,79 +93,100 @@ class StudyConfig:
         return {k: v for k, v in self.task.items() if k != "kind"}
 
 
-def _get(raw: Mapping, key: str, path: Path, kind: type | tuple, default: Any = ...) -> Any:
-    node: Any = raw
-    for part in key.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            if default is ...:
-                raise ConfigError(f"{path}: missing key '{key}'")
-            return default
-        node = node[part]
-    if not isinstance(node, kind) or isinstance(node, bool) and kind in (int, float, (int, float)):
-        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise ConfigError(f"{path}: key '{key}' must be {names}, got {node!r}")
-    return node
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last silently)."""
 
 
-def _int_list(raw: Mapping, key: str, path: Path, positive: bool = True) -> list[int]:
-    values = _get(raw, key, path, (list, int))
-    values = [values] if isinstance(values, int) else values
-    if not values or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        raise ConfigError(f"{path}: key '{key}' must be a non-empty list of integers, got {values!r}")
-    if positive and min(values) <= 0:
-        raise ConfigError(f"{path}: key '{key}' must hold positive integers, got {values!r}")
-    return list(values)
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
 
 
-def _as_list(value: Any) -> list:
-    return [] if value is None else [value] if isinstance(value, str) else list(value)
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 
 def _read(path: Path) -> dict:
+    """The config file as a mapping: UTF-8 YAML, no key twice; every problem a one-line :class:`ConfigError`."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_bytes().decode("utf-8-sig")  # a BOM (some Windows editors) is no key
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: unreadable YAML ({exc})") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a config file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: unreadable ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line {line}); "
+                          "save the config as UTF-8") from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: unreadable YAML ({' '.join(str(exc).split())})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a study config is a mapping of keys, got {type(raw).__name__}")
-    unknown = sorted(set(raw) - set(KNOWN_KEYS))
-    if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {unknown}; known: {sorted(KNOWN_KEYS)}")
     return raw
 
 
-def _task(raw: dict, path: Path) -> tuple[dict, type[Task]]:
-    task = dict(_get(raw, "task", path, dict, {}))
-    kind = task.get("kind", DEFAULT_TASK)
+def _validate(path: Path, schema: type[BaseModel], data: Any, prefix: tuple[str, ...] = (),
+              unknown: str = "unknown key(s) {dotted}") -> BaseModel:
+    """``data`` validated against ``schema``; its first problem is a :class:`ConfigError` (see :func:`describe`)."""
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {describe(exc, schema, prefix, unknown)}") from None
+
+
+def _closest(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.7)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _task(spec: StudySchema, raw: dict, path: Path) -> tuple[dict, type[Task]]:
+    """The ``task:`` section and the class of its registered ``kind``, whose schemas then validate the
+    ``task:`` parameters and ``cohort.ground_truth``."""
+    task = dict(raw.get("task") or {})
+    kind = spec.task.kind
     registered = available_tasks()
     if kind not in registered:
         known = sorted(registered, key=lambda name: (name != DEFAULT_TASK, name))  # the default first
-        raise ConfigError(f"{path}: key 'task.kind' must be one of {known}, got {kind!r}")
+        raise ConfigError(f"{path}: key 'task.kind' must be one of {known}, got {kind!r}{_closest(kind, known)}")
     try:
-        return task, task_class(kind)
+        cls = task_class(kind)
     except TaskError as exc:
         raise ConfigError(f"{path}: key 'task.kind': {exc}") from None
+    params_schema, truth_schema = task_schemas(cls)
+    if params_schema is not None:
+        _validate(path, params_schema, {k: v for k, v in task.items() if k != "kind"}, ("task",),
+                  unknown=f"key 'task' has unknown parameter(s) {{relative}} for task {kind!r}")
+    if truth_schema is not None:
+        _validate(path, truth_schema, raw["cohort"]["ground_truth"], ("cohort", "ground_truth"))
+    return task, cls
 
 
-def _slides(raw: dict, path: Path, resolve) -> tuple[list[Path], list[Path], list[Path]]:
-    try:
-        slides = expand_slide_paths([resolve(s) for s in _as_list(_get(raw, "cohort.slides", path, (str, list)))])
-        test = _get(raw, "cohort.test_slides", path, (str, list), None)
-        test_slides = expand_slide_paths([resolve(s) for s in _as_list(test)]) if test else []
-        val = _get(raw, "cohort.validation_slides", path, (str, list), None)
-        validation_slides = expand_slide_paths([resolve(s) for s in _as_list(val)]) if val else []
-    except AlkitError as exc:
-        raise ConfigError(f"{path}: key 'cohort.slides': {exc}") from None
-    for p in slides + test_slides + validation_slides:
-        if not p.exists():
-            raise ConfigError(f"{path}: key 'cohort.slides': {p} does not exist")
-    return slides, test_slides, validation_slides
+def _slides(spec: StudySchema, path: Path, resolve) -> tuple[list[Path], list[Path], list[Path]]:
+    found = []
+    for key in ("slides", "test_slides", "validation_slides"):
+        try:
+            paths = expand_slide_paths([resolve(s) for s in getattr(spec.cohort, key) or []])
+        except AlkitError as exc:
+            raise ConfigError(f"{path}: key 'cohort.{key}': {exc}") from None
+        for p in paths:
+            if not p.exists():
+                raise ConfigError(f"{path}: key 'cohort.{key}': {p} does not exist")
+        found.append(paths)
+    if not found[0]:
+        raise ConfigError(f"{path}: key 'cohort.slides' names no slide")
+    return found[0], found[1], found[2]
 
 
 def _prototypes(raw: dict, path: Path, strategies: list[str], resolve) -> dict:
-    protos = dict(_get(raw, "prototypes", path, dict, {}))
+    protos = dict(raw.get("prototypes") or {})
     if "prototype" not in strategies:
         return protos
     if not protos:
@@ -161,24 +196,25 @@ def _prototypes(raw: dict, path: Path, strategies: list[str], resolve) -> dict:
         protos["exclude"] = resolve(exclude)
         if not Path(protos["exclude"]).is_file():
             raise ConfigError(f"{path}: key 'prototypes.exclude': no file {protos['exclude']}")
-    elif not isinstance(exclude, list) or not all(isinstance(i, (str, int)) for i in exclude):
-        raise ConfigError(f"{path}: key 'prototypes.exclude' must be a list of image ids or an id file, got {exclude!r}")
     prep = protos.get("prep")
     if prep is not None:
-        if not isinstance(prep, dict) or set(prep) - {"mode", "size", "scale"}:
-            raise ConfigError(f"{path}: key 'prototypes.prep' is a mapping of 'mode' (crop | resize), 'size' (px) "
-                              f"and 'scale', got {prep!r}")
         try:
             ImagePrep(prep.get("mode", "crop"), prep.get("size"), prep.get("scale", 1.0))
         except (AlkitError, TypeError, ValueError) as exc:
             raise ConfigError(f"{path}: key 'prototypes.prep': {exc}") from None
     if "path" in protos:
         protos["path"] = resolve(protos["path"])
+        if not Path(protos["path"]).is_dir():
+            raise ConfigError(f"{path}: key 'prototypes.path': no prototype set folder {protos['path']}")
     elif "db" in protos:
         protos["db"] = resolve(protos["db"])
-        classes = _get(raw, "prototypes.classes", path, dict)
-        for name, q in classes.items():
-            if not isinstance(q, dict) or not ("with" in q or "prompt" in q or "ids" in q):
+        if not Path(protos["db"]).exists():
+            raise ConfigError(f"{path}: key 'prototypes.db': no caption database {protos['db']}")
+        if not protos.get("classes"):
+            raise ConfigError(f"{path}: key 'prototypes.classes' is required with 'prototypes.db' (class name -> "
+                              "its query)")
+        for name, q in protos["classes"].items():
+            if not ("with" in q or "prompt" in q or "ids" in q):
                 raise ConfigError(f"{path}: key 'prototypes.classes.{name}' needs 'with' (keyword groups), "
                                   "'prompt' (retrieval) or 'ids'")
             try:
@@ -191,7 +227,7 @@ def _prototypes(raw: dict, path: Path, strategies: list[str], resolve) -> dict:
 
 
 def _acquisition(raw: dict, path: Path, task: type[Task]) -> dict:
-    acquisition = dict(_get(raw, "loop.acquisition", path, dict, {"measure": "entropy"}))
+    acquisition = dict((raw.get("loop") or {}).get("acquisition") or {"measure": "entropy"})
     measure = acquisition.get("measure", "entropy")
     try:
         samples = mc_samples_for(measure, acquisition.get("mc_samples"))
@@ -203,52 +239,99 @@ def _acquisition(raw: dict, path: Path, task: type[Task]) -> dict:
     return acquisition
 
 
+def _selector_options(path: Path, selector: str, options: dict) -> None:
+    for name in options:
+        known = list(SELECTOR_OPTIONS.get(selector, {}))
+        if name not in known:
+            raise ConfigError(f"{path}: key 'selector_options': the {selector} selector has no option {name!r} "
+                              f"(it has {', '.join(known) or 'none'}){_closest(name, known)}")
+    try:
+        check_selector_options(selector, options)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: key 'selector_options': {exc}") from None
+
+
+def _strategy_params(path: Path, strategies: list[str], strategy_params: dict, selector: str,
+                     selector_options: dict, acquisition: dict, prototype_classes: list[str]) -> None:
+    """Every strategy's parameters as the study will build it, so a bad one fails here, not mid-study:
+    the initial-set strategies built as given; the prototype strategy's (built with the study's
+    prototypes later) and the uncertainty acquisition's (with the study's task) checked by name, and
+    the acquisition strategy built without its task."""
+    for name, params in strategy_params.items():
+        key = f"strategy_params.{name}"
+        if name not in strategies and name != "uncertainty":
+            raise ConfigError(f"{path}: key {key!r}: {name!r} is not among 'strategies' {strategies}"
+                              f"{_closest(name, strategies)}")
+        factory = plugin_entry(STRATEGIES, name, "strategy", StrategyError).load()
+        signature = inspect.signature(factory).parameters
+        study_set = STUDY_SET.get(name, {})
+        accepted = [p for p in signature if p not in study_set]
+        open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.values())
+        for param in params:
+            if param in study_set:
+                raise ConfigError(f"{path}: key '{key}.{param}': the study sets it (key '{study_set[param]}')")
+            if param not in accepted and not open_ended:
+                raise ConfigError(f"{path}: key '{key}.{param}': the {name} strategy has no such parameter "
+                                  f"(it has {', '.join(accepted) or 'none'}){_closest(param, accepted)}")
+        if name not in STUDY_SET:  # the values too: built as the study will build it
+            try:
+                get_strategy(name, **params)
+            except StrategyError as exc:
+                raise ConfigError(f"{path}: key {key!r}: {exc}") from None
+            continue
+        classes = params.get("classes")
+        if name == "prototype" and classes is not None and prototype_classes:
+            if not (isinstance(classes, list) and set(map(str, classes)) <= set(prototype_classes)):
+                raise ConfigError(f"{path}: key '{key}.classes' must be a list of the prototype classes "
+                                  f"{prototype_classes}, got {classes!r}")
+    if "uncertainty" in available_strategies():  # the acquisition of every cycle after the initial set
+        try:
+            get_strategy("uncertainty", **strategy_params.get("uncertainty", {}), **acquisition, selector=selector,
+                         selector_options=selector_options)
+        except StrategyError as exc:
+            raise ConfigError(f"{path}: key 'loop.acquisition': {exc}") from None
+
+
+def _output(path: Path, key: str, folder: str) -> None:
+    if Path(folder).exists() and not Path(folder).is_dir():
+        raise ConfigError(f"{path}: key {key!r}: {folder} is a file, not a folder")
+
+
 def load_config(path: str | os.PathLike) -> StudyConfig:
-    """Read and validate a study config; every problem is a :class:`ConfigError` before any work."""
+    """Read and validate a study config; every problem is a :class:`ConfigError` before any work
+    (nothing is read beside the config's input paths, nothing is written)."""
     path = Path(path)
     raw = _read(path)
+    spec = _validate(path, StudySchema, raw)
     base = path.parent
 
     def resolve(p: str) -> str:
         return str(p if os.path.isabs(p) else base / p)
 
-    task, task_cls = _task(raw, path)
-    strategies = _get(raw, "strategies", path, list)
+    task, task_cls = _task(spec, raw, path)
+    strategies = list(spec.strategies)
     registered = available_strategies()
     for s in strategies:
         if s not in registered:
-            raise ConfigError(f"{path}: key 'strategies' names unknown strategy {s!r}; available: {registered}")
-    selector = _get(raw, "selector", path, str, "standard")
-    if selector not in SELECTORS:
-        raise ConfigError(f"{path}: key 'selector' must be 'standard' or 'adaptive', got {selector!r}")
-    strategy_params = dict(_get(raw, "strategy_params", path, dict, {}))
-    for name, params in strategy_params.items():
-        if name not in strategies and name != "uncertainty":
-            raise ConfigError(f"{path}: key 'strategy_params.{name}': {name!r} is not among 'strategies' {strategies}")
-        if not isinstance(params, dict):
-            raise ConfigError(f"{path}: key 'strategy_params.{name}' must be a mapping of parameters, got {params!r}")
-        if name not in ("prototype", "uncertainty"):  # those two need the study's prototypes / task: checked there
-            try:
-                get_strategy(name, **params)
-            except StrategyError as exc:
-                raise ConfigError(f"{path}: key 'strategy_params.{name}': {exc}") from None
-    selector_options = dict(_get(raw, "selector_options", path, dict, {}))
-    try:
-        check_selector_options(selector, selector_options)
-    except ValueError as exc:
-        raise ConfigError(f"{path}: key 'selector_options': {exc}") from None
-    slides, test_slides, validation_slides = _slides(raw, path, resolve)
+            raise ConfigError(f"{path}: key 'strategies' names unknown strategy {s!r}; available: {registered}"
+                              f"{_closest(s, registered)}")
+    selector = spec.selector
+    selector_options = dict(raw.get("selector_options") or {})
+    _selector_options(path, selector, selector_options)
+    strategy_params = dict(raw.get("strategy_params") or {})
+    slides, test_slides, validation_slides = _slides(spec, path, resolve)
     protos = _prototypes(raw, path, strategies, resolve)
-    embedding = dict(_get(raw, "embedding", path, dict))
-    _get(raw, "embedding.encoder", path, str)
-    embedding["out"] = resolve(_get(raw, "embedding.out", path, str))
-    cycles = _get(raw, "loop.cycles", path, int, 3)
-    if cycles < 1:
-        raise ConfigError(f"{path}: key 'loop.cycles' must be >= 1, got {cycles}")
+    embedding = dict(raw["embedding"])
+    embedding["out"] = resolve(embedding["out"])
+    _output(path, "embedding.out", embedding["out"])
+    out = resolve(spec.out)
+    _output(path, "out", out)
     acquisition = _acquisition(raw, path, task_cls)
-    slide_mpp = _get(raw, "cohort.slide_mpp", path, (int, float), None)
+    _strategy_params(path, strategies, strategy_params, selector, selector_options, acquisition,
+                     sorted(protos.get("classes") or {}))
+    slide_mpp = spec.cohort.slide_mpp
     settings = TaskSettings(params={k: v for k, v in task.items() if k != "kind"},
-                            ground_truth=dict(_get(raw, "cohort.ground_truth", path, dict)), prototypes=protos,
+                            ground_truth=dict(raw["cohort"]["ground_truth"]), prototypes=protos,
                             acquisition=acquisition, has_validation_slides=bool(validation_slides), resolve=resolve,
                             slide_mpp=slide_mpp)
     try:
@@ -256,9 +339,8 @@ def load_config(path: str | os.PathLike) -> StudyConfig:
     except TaskConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     return StudyConfig(
-        path=path, raw=raw, study=_get(raw, "study", path, str), slides=slides, test_slides=test_slides,
-        ground_truth=truth, embedding=embedding, prototypes=settings.prototypes, strategies=list(strategies),
-        selector=selector, n=_int_list(raw, "budgets.n", path), l=_int_list(raw, "budgets.l", path),
-        seeds=_int_list(raw, "seeds", path, positive=False), cycles=cycles, acquisition=acquisition, task=task,
-        out=Path(resolve(_get(raw, "out", path, str))), slide_mpp=slide_mpp, validation_slides=validation_slides,
-        selector_options=selector_options, strategy_params=strategy_params)
+        path=path, raw=raw, study=spec.study, slides=slides, test_slides=test_slides,
+        ground_truth=truth, embedding=embedding, prototypes=settings.prototypes, strategies=strategies,
+        selector=selector, n=list(spec.budgets.n), l=list(spec.budgets.l), seeds=list(spec.seeds),
+        cycles=spec.loop.cycles, acquisition=acquisition, task=task, out=Path(out), slide_mpp=slide_mpp,
+        validation_slides=validation_slides, selector_options=selector_options, strategy_params=strategy_params)

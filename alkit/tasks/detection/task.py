@@ -34,11 +34,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+from pydantic import Field
 
 from alkit.al.areas import box_mm2
 from alkit.al.oracle import RegionReport
 from alkit.al.pool import LabeledPool
-from alkit.al.task import SummaryPlot, TaskConfigError, TaskSettings
+from alkit.al.task import ConfigSection, SummaryPlot, TaskConfigError, TaskSettings
 from alkit.embeddings.cohort import Cohort, CohortSlide, expand_slide_paths
 from alkit.embeddings.store import StoreHeader
 from alkit.errors import AlkitError
@@ -55,6 +56,53 @@ from alkit.tasks.settings import check_model_params, resolve_existing
 log = logging.getLogger(__name__)
 
 RESERVED = {"kind"}
+
+
+class DetectionParams(ConfigSection):
+    """``task:`` of a detection study: :class:`MitosisDetectorModel`'s parameters."""
+
+    mpp: float = Field(0.25, gt=0, description="µm/px the detector sees")
+    patch: int = Field(256, ge=1, description="training patch side, px at `mpp`")
+    box_um: float = Field(12.5, gt=0, description="side of the box trained around each point, µm")
+    patches_per_epoch: int = Field(5000, ge=1, description="training patches per epoch")
+    patches_per_epoch_small: int = Field(1000, ge=1, description="patches per epoch when the labeled area is under "
+                                                                 "`small_area_fraction` of the tissue")
+    small_area_fraction: float = Field(0.05, ge=0, le=1, description="see `patches_per_epoch_small`")
+    positive_fraction: float = Field(0.5, ge=0, le=1, description="share of patches centred near a mitosis")
+    hard_negative_fraction: float = Field(0.2, ge=0, le=1, description="share of patches centred near a "
+                                                                                "lookalike")
+    max_epochs: int = Field(10, ge=1, description="epochs per fit")
+    batch_size: int = Field(8, ge=1, description="training batch size")
+    lr: float = Field(1e-4, gt=0, description="learning rate")
+    weight_decay: float = Field(1e-4, ge=0, description="weight decay")
+    augment: bool = Field(True, description="flips and 90° rotations")
+    backbone_weights: str | None = Field(None, description="ResNet-18 weights: null (random), `imagenet` or a "
+                                                           "checkpoint path")
+    trainable_layers: int = Field(5, ge=0, le=5, description="backbone stages trained (5: all)")
+    fpn_channels: int = Field(256, ge=1, description="feature-pyramid channels")
+    tile: int = Field(512, ge=1, description="detection tile side, px at `mpp`")
+    overlap: int | None = Field(None, ge=0, description="tile overlap, px (default 1.5 box sides)")
+    score_thresh: float = Field(0.01, ge=0, le=1, description="lowest detection score kept")
+    nms_iou: float = Field(0.3, ge=0, le=1, description="IoU of non-maximum suppression across tiles")
+    predict_batch_size: int = Field(8, ge=1, description="batch size of detection")
+    num_workers: int = Field(0, ge=0, description="patch-reader processes")
+    accelerator: str = Field("auto", description="Lightning accelerator: cpu, gpu, auto")
+    precision: str | int = Field("32-true", description="Lightning precision")
+    deterministic: bool = Field(False, description="deterministic algorithms (slower)")
+    progress: bool = Field(False, description="Lightning progress bars")
+
+
+class DetectionGroundTruth(ConfigSection):
+    """``cohort.ground_truth`` of a detection study: mitotic figures and lookalikes as points (one source)."""
+
+    sliderunner: str | list[str] | None = Field(None, description="SlideRunner database(s): paths, globs or .txt "
+                                                                  "lists")
+    coco: str | None = Field(None, description="COCO JSON (images are slides, box centres the points)")
+    folder: str | None = Field(None, description="folder of SlideRunner databases, one per slide (`pattern`)")
+    pattern: str = Field("{slide}.sqlite", description="database name in `folder`; `{slide}` is the slide id")
+    synthetic: str | None = Field(None, description="a synthetic cohort's folder (`alkit synth`)")
+    classes: dict[str, str | None] | None = Field(
+        None, description="further class names mapped to `mitosis`, `hard_negative` or null (ignored)")
 
 
 def sliderunner_files(truth: Mapping[str, Any]) -> list[Path]:
@@ -75,6 +123,8 @@ class DetectionTask:
     mc_dropout: ClassVar[bool] = False
     #: prototypes are object-centred crops (``prototypes.crops``), of one class
     prototype_crops: ClassVar[bool] = True
+    params_schema: ClassVar[type[ConfigSection]] = DetectionParams
+    ground_truth_schema: ClassVar[type[ConfigSection]] = DetectionGroundTruth
 
     def __init__(self, oracle: MitosisOracle, model: MitosisDetectorModel | None = None, *,
                  radius: float = RADIUS_PX) -> None:

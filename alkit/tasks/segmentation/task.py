@@ -21,16 +21,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import Field, model_validator
 
 from alkit.al.areas import box_mm2, total_mm2
 from alkit.al.oracle import RegionReport
 from alkit.al.pool import LabeledPool
-from alkit.al.task import SummaryPlot, TaskConfigError, TaskSettings
+from alkit.al.task import ConfigSection, SummaryPlot, TaskConfigError, TaskSettings
 from alkit.embeddings.cohort import Cohort, CohortSlide
-from alkit.tasks.segmentation.classifier import PatchClassifierModel
+from alkit.tasks.segmentation.classifier import MODES, PatchClassifierModel
 from alkit.tasks.segmentation.examples import LabeledCells
 from alkit.tasks.segmentation.metrics import evaluate_slide, summarise
 from alkit.tasks.segmentation.oracle import TumourOracle
@@ -41,6 +42,55 @@ from alkit.tasks.settings import check_model_params, resolve_existing
 RESERVED = {"kind", "tumour_threshold"}
 #: ground-truth keys that hold mitosis points (another task's)
 POINT_SOURCES = ("sliderunner", "coco")
+
+
+class SegmentationParams(ConfigSection):
+    """``task:`` of a segmentation study: :class:`PatchClassifierModel`'s parameters and the label rule."""
+
+    tumour_threshold: float = Field(0.5, ge=0, le=1, description="a cell is tumour when at least this share of it "
+                                                                  "is tumour (training labels and evaluation)")
+    mode: Literal[MODES] = Field("frozen", description="`frozen`: an MLP head on the cached features; `finetune`: "
+                                                       "the backbone trained end to end on the slide patches")
+    backbone: str = Field("resnet18", description="encoder spec of the fine-tuned backbone (finetune mode)")
+    backbone_lr_factor: float = Field(0.1, ge=0, description="backbone learning rate / head learning rate")
+    hidden: int = Field(128, ge=1, description="units of the head's hidden layer")
+    dropout: float = Field(0.3, ge=0, lt=1, description="dropout of the head (also MC-dropout for BALD)")
+    lr: float = Field(1e-3, gt=0, description="learning rate (Adam)")
+    weight_decay: float = Field(1e-4, ge=0, description="weight decay")
+    max_epochs: int = Field(50, ge=1, description="most epochs per fit")
+    min_epochs: int = Field(10, ge=0, description="epochs before early stopping may stop")
+    patience: int = Field(5, ge=1, description="epochs without validation improvement before stopping")
+    batch_size: int = Field(256, ge=1, description="training batch size")
+    val_fraction: float = Field(0.2, ge=0, lt=1, description="share of the labeled regions held out for early "
+                                                             "stopping when the study has no validation slides")
+    augment: bool = Field(True, description="flip / rotate / colour augmentation (finetune mode)")
+    accelerator: str = Field("cpu", description="Lightning accelerator: cpu, gpu, auto")
+    devices: int | list[int] = Field(1, description="one device: 1 or [index]")
+    precision: str | int | None = Field(None, description="Lightning precision, e.g. bf16-mixed")
+    deterministic: bool = Field(False, description="deterministic algorithms (slower)")
+    num_workers: int = Field(0, ge=0, description="patch-reader processes (finetune mode)")
+    predict_batch_size: int = Field(1024, ge=1, description="batch size of prediction")
+    progress: bool = Field(False, description="Lightning progress bars")
+
+
+class SegmentationGroundTruth(ConfigSection):
+    """``cohort.ground_truth`` of a segmentation study: tumour annotations per slide, or a synthetic cohort."""
+
+    folder: str | None = Field(None, description="folder of tumour annotation files (XML, JSON or mask "
+                                                 "images); a slide without a file is tumour-free")
+    pattern: str = Field("{slide}.xml", description="annotation file name in `folder`; `{slide}` is the slide id "
+                                                        "(e.g. `{slide}.json`, `{slide}_mask.png`)")
+    synthetic: str | None = Field(None, description="a synthetic cohort's folder (`alkit synth`)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_points(cls, data: Any) -> Any:
+        """Mitosis points belong to the detection task: say so instead of only "unknown key"."""
+        points = [k for k in POINT_SOURCES if isinstance(data, Mapping) and k in data]
+        if points:
+            raise ValueError(f"holds mitosis points ('{points[0]}'), for task.kind 'detection'; tumour ground "
+                             "truth is 'folder' (+ 'pattern') or 'synthetic'")
+        return data
 
 
 class SegmentationTask:
@@ -54,6 +104,8 @@ class SegmentationTask:
                                                         SummaryPlot("annotated_tumour_pct", "tumour_vs_tissue"))
     mc_dropout: ClassVar[bool] = True
     prototype_crops: ClassVar[bool] = False
+    params_schema: ClassVar[type[ConfigSection]] = SegmentationParams
+    ground_truth_schema: ClassVar[type[ConfigSection]] = SegmentationGroundTruth
 
     def __init__(self, oracle: TumourOracle, model: PatchClassifierModel | None = None, *,
                  tumour_threshold: float = 0.5) -> None:

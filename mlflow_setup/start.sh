@@ -1,6 +1,6 @@
 #!/usr/bin/env sh
 # Start the local MLflow tracking server and print its URI; options go to
-# `python -m mlflow_setup.server start` (--root, --host, --port, --backend-store-uri, ...).
+# `python -m mlflow_setup.server start` (--root, --host, --port, --postgres, --backend-store-uri, ...).
 # Relative paths are taken from the current directory; the project's .venv is used when present.
 set -e
 REPO="$(cd "$(dirname "$0")/.." && pwd)"

@@ -1,5 +1,6 @@
 #!/usr/bin/env sh
-# Stop the MLflow tracking server started by start.sh (same --root, if one was given).
+# Stop the MLflow tracking server started by start.sh, and its PostgreSQL if it has one (same --root,
+# if one was given).
 # Relative paths are taken from the current directory; the project's .venv is used when present.
 set -e
 REPO="$(cd "$(dirname "$0")/.." && pwd)"

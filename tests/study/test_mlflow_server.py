@@ -1,5 +1,7 @@
 """mlflow_setup.server: a real ``mlflow server`` on a free loopback port, a tiny comparison tracked
-through it, the runs read back with the MLflow client, then a clean stop (process gone, port free)."""
+through it, the runs read back with the MLflow client; start.sh / stop.sh as a user runs them, with a
+request still open at stop (it must not need SIGKILL), and a clean stop (process gone, port free).
+Each test starts what it needs: the module's shared server is never stopped by a test."""
 
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ import pytest
 from mlflow import MlflowClient
 
 from alkit.study.tracking import Tracker
-from mlflow_setup.server import ServerError, ServerInfo, _live_group_members, start_server, stop_server
+from mlflow_setup.server import (ServerError, ServerInfo, _live_group_members, _with_shutdown_timeout, start_server,
+                                 status, stop_server)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -88,16 +91,62 @@ def test_a_busy_port_is_refused_before_starting(tmp_path):
     assert not (tmp_path / "server.pid").exists()
 
 
-def test_stop_ends_the_process_group_and_frees_the_port(server):
-    assert _live_group_members(server.pid)
+def test_the_server_runs_without_mlflows_job_runner(server):
+    """MLflow's GenAI job runner (huey consumers) is off: the group is the server and its uvicorn worker."""
+    commands = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in _live_group_members(server.pid)]
+    assert len(commands) == 2 and not any(b"huey" in c or b"_job_runner" in c for c in commands), commands
+    assert b"--timeout-graceful-shutdown" in b" ".join(commands)
+
+
+def test_shutdown_timeout_is_added_to_uvicorns_options_only():
+    assert _with_shutdown_timeout([], 3.0) == ["--uvicorn-opts", "--timeout-graceful-shutdown 3"]
+    assert _with_shutdown_timeout(["--uvicorn-opts", "--log-level debug"], 2.5) == [
+        "--uvicorn-opts", "--log-level debug --timeout-graceful-shutdown 2.5"]
+    assert _with_shutdown_timeout(["--uvicorn-opts=--timeout-graceful-shutdown 9"], 3) == [
+        "--uvicorn-opts=--timeout-graceful-shutdown 9"]
+    assert _with_shutdown_timeout(["--gunicorn-opts", "--timeout 60"], 3) == ["--gunicorn-opts", "--timeout 60"]
+    assert _with_shutdown_timeout(["--allowed-hosts", "a"], 0) == ["--allowed-hosts", "a"]
+
+
+def test_scripts_start_and_stop_promptly_even_with_a_request_open(tmp_path):
+    root = tmp_path / "scripts"
     started = time.monotonic()
-    assert stop_server(server.root) is True
-    print(f"\nMLflow server stopped after {time.monotonic() - started:.1f} s")
-    assert _live_group_members(server.pid) == []
-    assert not (server.root / "server.pid").exists()
+    out = subprocess.run(["sh", str(REPO / "mlflow_setup" / "start.sh"), "--root", str(root), "--port", "0"],
+                         capture_output=True, text=True, timeout=180)
+    start_s = time.monotonic() - started
+    assert out.returncode == 0, out.stderr
+    info = status(root)
+    assert info is not None and out.stdout.strip() == info.uri
+    port, pid = info.port, info.pid
+    try:
+        # a client that sent the headers of a request but not its whole body (an upload under way):
+        # uvicorn waits for it for ever unless told otherwise, and stop then had to SIGKILL
+        client = socket.create_connection(("127.0.0.1", port))
+        client.sendall(b"POST /api/2.0/mlflow/experiments/create HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                       b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"na")
+        time.sleep(0.5)
+        started = time.monotonic()
+        out = subprocess.run(["sh", str(REPO / "mlflow_setup" / "stop.sh"), "--root", str(root), "--grace", "20"],
+                             capture_output=True, text=True, timeout=60)
+        stop_s = time.monotonic() - started
+        print(f"\nstart.sh answered after {start_s:.1f} s, stop.sh (one request open) took {stop_s:.1f} s")
+        assert out.returncode == 0 and out.stdout.strip() == "stopped", out.stderr
+        assert "killing it" not in out.stderr and stop_s < 15, (stop_s, out.stderr)
+        assert "timeout graceful shutdown exceeded" in (root / "server.log").read_text()
+        client.close()
+    finally:
+        stop_server(root)  # only does something when the script did not
+    assert _live_group_members(pid) == []
+    assert not (root / "server.pid").exists()
     with socket.socket() as sock:  # nobody accepts connections on the port any more
-        assert sock.connect_ex(("127.0.0.1", server.port)) == errno.ECONNREFUSED
+        assert sock.connect_ex(("127.0.0.1", port)) == errno.ECONNREFUSED
     with socket.socket() as sock:  # and it can be bound again
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", server.port))
-    assert stop_server(server.root) is False  # stopping twice is harmless
+        sock.bind(("127.0.0.1", port))
+    assert stop_server(root) is False  # stopping twice is harmless
+
+
+def test_postgres_and_a_backend_uri_exclude_each_other(tmp_path):
+    with pytest.raises(ServerError, match="not both"):
+        start_server(tmp_path, postgres=True, backend_store_uri="sqlite:///x.db")
+    assert not (tmp_path / "server.pid").exists() and not (tmp_path / "postgres").exists()

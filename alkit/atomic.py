@@ -7,10 +7,17 @@ never a half-written file.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+#: the name of :func:`atomic_path`'s temporary files: ``.NAME.PID.TAG.tmp.SUFFIX`` (TAG: 8 hex digits)
+TEMP_NAME = re.compile(r"^\.(?P<stem>.*)\.(?P<pid>\d+)\.(?P<tag>[0-9a-f]{8})\.tmp(?P<suffix>\.[^.]*)?$")
 
 
 @contextlib.contextmanager
@@ -20,7 +27,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # our own unique name (not mkstemp, whose files are private 0600): normal permissions after rename
-    tmp_path = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+    tmp_path = temp_name(path)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -39,3 +46,56 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write UTF-8 ``text`` to ``path`` atomically; returns ``path``."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def temp_name(path: str | os.PathLike) -> Path:
+    """A fresh temporary name next to ``path``, matching :data:`TEMP_NAME` (hidden, so readers skip it)."""
+    path = Path(path)
+    return path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+
+
+def is_hidden(path: str | os.PathLike) -> bool:
+    """Whether ``path``'s name starts with a dot: alkit's temporary files and shard folders, editors' and
+    macOS's side files (``._x.h5``). Readers that list folders skip such names."""
+    return Path(path).name.startswith(".")
+
+
+def visible(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """``paths`` without hidden names (see :func:`is_hidden`), in the given order."""
+    return [Path(p) for p in paths if not is_hidden(p)]
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's process (or we cannot tell): keep its file
+    return True
+
+
+def remove_stale_temps(folder: str | os.PathLike, suffix: str | None = None) -> list[Path]:
+    """Remove the temporary files that crashed writers left in ``folder`` (optionally only ``suffix``):
+    files named like :data:`TEMP_NAME` whose process is no longer running on this machine. A writer
+    that is still running keeps its file. Returns the files removed."""
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        m = TEMP_NAME.match(entry.name)
+        if not m or (suffix is not None and m.group("suffix") != suffix) or not entry.is_file():
+            continue
+        if _process_alive(int(m.group("pid"))):
+            continue
+        try:
+            entry.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(entry)
+    if removed:
+        log.info("%s: removed %d temporary file(s) of interrupted runs", folder, len(removed))
+    return removed

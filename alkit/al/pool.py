@@ -25,6 +25,7 @@ import numpy as np
 from alkit.al.oracle import RegionReport
 from alkit.atomic import atomic_write_text
 from alkit.errors import AlkitError
+from alkit.ids import check_id
 from alkit.jsonfile import read_json
 from alkit.selection.regions import boxes_overlap
 from alkit.selection.strategy import Box, RegionPick
@@ -84,12 +85,15 @@ class LabeledPool:
         doc = read_json(path, PoolError, "pool file")
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise PoolError(f"{path}: not an alkit pool file")
+        records, metrics = doc.get("regions", []), doc.get("cycle_metrics", {})
+        if not isinstance(records, list) or not isinstance(metrics, dict):
+            raise PoolError(f"{path}: 'regions' must be a list and 'cycle_metrics' an object")
+        regions = [_region(path, i, r) for i, r in enumerate(records)]
         try:
-            regions = [LabeledRegion.from_dict(r) for r in doc.get("regions", [])]
-        except (KeyError, TypeError) as exc:
-            raise PoolError(f"{path}: a region record is malformed ({exc!r})") from None
-        metrics = {int(k): v for k, v in doc.get("cycle_metrics", {}).items()}
-        return cls(path, regions, metrics)
+            cycles = {int(k): v for k, v in metrics.items()}
+        except ValueError:
+            raise PoolError(f"{path}: 'cycle_metrics' keys must be cycle numbers, got {sorted(metrics)[:3]}") from None
+        return cls(path, regions, cycles)
 
     def save(self) -> None:
         if self.path is None:
@@ -172,6 +176,26 @@ class LabeledPool:
             if len(cs) and len(rs):
                 out[rs[0]:rs[-1] + 1, cs[0]:cs[-1] + 1] = i
         return out
+
+
+def _region(path: Path, i: int, record: object) -> LabeledRegion:
+    """Region ``i`` of the pool file ``path``, checked: an id as its slide, four finite numbers as its box."""
+    where = f"{path}: region #{i}"
+    if not isinstance(record, dict):
+        raise PoolError(f"{where} is a JSON {type(record).__name__}, expected an object")
+    check_id(record.get("slide"), what=f"region #{i}'s slide id", source=path, error=PoolError)
+    box = record.get("box")
+    if not (isinstance(box, list) and len(box) == 4
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in box)):
+        raise PoolError(f"{where}: 'box' must be four numbers [x, y, w, h], got {box!r:.80}")
+    if isinstance(record.get("cycle"), bool) or not isinstance(record.get("cycle"), int):
+        raise PoolError(f"{where}: 'cycle' must be a whole number, got {record.get('cycle')!r:.40}")
+    if not isinstance(record.get("strategy"), str):
+        raise PoolError(f"{where}: 'strategy' must be a string, got {record.get('strategy')!r:.40}")
+    try:
+        return LabeledRegion.from_dict(record)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PoolError(f"{where} is malformed ({exc!r})") from None
 
 
 def _report_parts(report: RegionReport | Mapping) -> tuple[float, dict]:

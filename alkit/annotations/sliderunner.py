@@ -24,6 +24,7 @@ with them every plain ``sqlite3`` insert would fail.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sqlite3
 import time
@@ -159,7 +160,14 @@ def read_sliderunner(path: str | os.PathLike, *, drop_deleted: bool = False,
         for anno, x, y in con.execute(
                 "SELECT annoId, coordinateX, coordinateY FROM Annotations_coordinates "
                 "ORDER BY annoId, orderIdx, uid"):
-            coords.setdefault(anno, []).append((float(x), float(y)))
+            try:
+                point = (float(x), float(y))
+            except (TypeError, ValueError):
+                point = (math.nan, math.nan)
+            if not (math.isfinite(point[0]) and math.isfinite(point[1])):
+                raise AnnotationFileError(f"{path}: annotation {anno!r} has a coordinate that is not a finite "
+                                          f"number ({x!r:.40}, {y!r:.40})")
+            coords.setdefault(anno, []).append(point)
 
         out: list[SlideRunnerAnnotation] = []
         n_nocoord = 0
@@ -178,6 +186,8 @@ def read_sliderunner(path: str | os.PathLike, *, drop_deleted: bool = False,
                 n_nocoord += 1
                 continue
             arr = np.asarray(pts, dtype=float)
+            if typ is not None and (isinstance(typ, bool) or not isinstance(typ, int)):
+                raise AnnotationFileError(f"{path}: annotation {uid!r} has type {typ!r:.40}, expected a number 1-5")
             cx, cy = (arr[0] if typ in (SPOT, SPECIAL_SPOT) else arr.mean(axis=0))
             out.append(SlideRunnerAnnotation(slide=slide_names.get(slide, str(slide)), x=float(cx),
                                              y=float(cy), cls=cls, deleted=deleted,

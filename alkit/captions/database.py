@@ -379,7 +379,7 @@ def _image_listing(folder: Path) -> dict[str, str] | None:
     with os.scandir(folder) as it:
         for e in it:
             stem, ext = os.path.splitext(e.name)
-            if ext.lower() in IMAGE_SUFFIXES and stem not in out:
+            if ext.lower() in IMAGE_SUFFIXES and stem not in out and not e.name.startswith("."):  # ._x.png: side files
                 out[stem] = e.name
     return out
 
@@ -394,6 +394,8 @@ def load_arch_set(folder: str | os.PathLike) -> CaptionDB:
                      missing_message=f"{folder}: no captions.json (not an ARCH set)")
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise CaptionDBError(f"{path}: expected ARCH's layout {{idx: {{caption, uuid, ...}}}}")
+    if not data:
+        raise CaptionDBError(f"{path}: no entries (an empty ARCH captions file)")
     bad = [k for k, v in data.items() if "uuid" not in v or "caption" not in v]
     if bad:
         raise CaptionDBError(f"{path}: {len(bad)} entries lack 'uuid' or 'caption' (e.g. entry {bad[0]})")
@@ -419,7 +421,7 @@ def load_arch(root: str | os.PathLike) -> CaptionDB:
         return load_arch_set(root)
     if not root.is_dir():
         raise CaptionDBError(f"{root}: no such folder")
-    sets = sorted(p for p in root.iterdir() if p.is_dir() and _is_arch_set(p))
+    sets = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and _is_arch_set(p))
     if not sets:
         raise CaptionDBError(f"{root}: neither an ARCH set (captions.json) nor a folder of ARCH sets "
                              "(books_set/captions.json, pubmed_set/captions.json)")
@@ -442,7 +444,12 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
             return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
         if suffix in (".jsonl", ".ndjson"):
             lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-            return pd.DataFrame([json.loads(ln) for ln in lines])
+            records = [json.loads(ln) for ln in lines]
+            bad = next((i for i, r in enumerate(records) if not isinstance(r, dict)), None)
+            if bad is not None:
+                raise CaptionDBError(f"{path}: line {bad + 1} is a JSON {type(records[bad]).__name__}, "
+                                     "expected one object per line")
+            return pd.DataFrame(records)
         if suffix == ".json":
             data = json.loads(path.read_text(encoding="utf-8"))
             if isinstance(data, dict):  # {key: {...}} (ARCH-like) -> rows
@@ -501,6 +508,8 @@ def load_table(path: str | os.PathLike, *, columns: Mapping[str, str] | None = N
     """
     path = Path(path)
     df = read_table(path)
+    if len(df) == 0:
+        raise CaptionDBError(f"{path}: no entries (an empty table, or a header without rows)")
     mapping = _map_columns(df, columns, path, required=("id", "caption"))
     rows = pd.DataFrame({ours: df[theirs].to_numpy() for ours, theirs in mapping.items()
                          if ours not in ("image", "embedding")})
@@ -572,7 +581,7 @@ def open_database(path: str | os.PathLike, *, columns: Mapping[str, str] | None 
     if not path.exists():
         raise CaptionDBError(f"{path}: no such caption database (a folder or a table file)")
     if path.name == "captions.json" and columns is None and embeddings is None:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path, CaptionDBError, "captions.json")
         if isinstance(data, dict) and all(isinstance(v, dict) and "uuid" in v for v in data.values()):
             return load_arch_set(path.parent)
     return load_table(path, columns=columns, root=root, embeddings=embeddings, embedding_encoder=embedding_encoder)

@@ -28,6 +28,8 @@ import hashlib
 import logging
 import os
 import re
+import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -189,12 +191,15 @@ class ImageEmbedder:
         try:
             with np.load(self.cache_file, allow_pickle=False) as f:
                 keys, emb = f["keys"], f["emb"]
-        except (OSError, ValueError, KeyError) as exc:
-            log.warning("ignoring unreadable embedding cache %s (%s)", self.cache_file, exc)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            # truncated or corrupt (a crash, a full disk): recomputed and rewritten, never a stop
+            log.warning("ignoring unreadable embedding cache %s (%s); recomputing it", self.cache_file, exc)
             return {}
-        if emb.ndim != 2 or emb.shape[1] != self.encoder.dim or len(keys) != len(emb):
-            log.warning("ignoring embedding cache %s: shape %s does not fit encoder dim %d", self.cache_file,
-                        emb.shape, self.encoder.dim)
+        fits = (emb.ndim == 2 and emb.dtype.kind == "f" and emb.shape[1] == self.encoder.dim and keys.ndim == 1
+                and keys.dtype.kind == "U" and len(keys) == len(emb))
+        if not fits or not np.isfinite(emb).all():
+            log.warning("ignoring embedding cache %s: keys %s %s and embeddings %s do not fit encoder dim %d; "
+                        "recomputing it", self.cache_file, keys.dtype, keys.shape, emb.shape, self.encoder.dim)
             return {}
         return dict(zip(keys.tolist(), emb))
 

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from alkit.atomic import visible
 from alkit.wsi.grid import PatchGrid
 from alkit.wsi.slide import SlideError
 from alkit.embeddings.store import EmbeddingStore, StoreError, StoreHeader, read_attrs
@@ -87,9 +88,12 @@ class Cohort:
 
     @classmethod
     def from_store_dir(cls, folder: str | os.PathLike, encoder: str | None = None) -> Cohort:
-        """All stores in ``folder`` (of one encoder when several were embedded there)."""
+        """All stores in ``folder`` (of one encoder when several were embedded there). Hidden files
+        (alkit's temporary ``.NAME.PID.TAG.tmp.h5`` of an interrupted run, ``._x.h5`` side files) are skipped."""
         folder = Path(folder)
-        paths = sorted(folder.glob("*.h5"))
+        if folder.exists() and not folder.is_dir():
+            raise StoreError(f"{folder}: not a folder of embedding stores")
+        paths = visible(sorted(folder.glob("*.h5")))
         if encoder is not None:
             paths = [p for p in paths if read_attrs(p).get("encoder") == encoder]
         if not paths:

@@ -14,9 +14,10 @@ and normalisation run on the accelerator in :meth:`Encoder.preprocess`.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,13 +28,37 @@ from pytorch_lightning.callbacks import BasePredictionWriter, TQDMProgressBar
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from alkit.atomic import remove_stale_temps
 from alkit.embeddings.encoders import Encoder, get_encoder
+from alkit.errors import AlkitError
+from alkit.ids import safe_name
 from alkit.wsi.grid import PatchGrid
 from alkit.wsi.slide import Slide, SlideError
-from alkit.embeddings.store import is_cached, store_path, write_store
+from alkit.embeddings.store import is_cached, read_attrs, StoreError, store_path, write_store
 from alkit.wsi.tissue import detect_tissue
 
 log = logging.getLogger(__name__)
+
+#: bytes per pixel of a patch while it is embedded: the uint8 patch, its float32 copy and the normalised input
+BYTES_PER_PATCH_PIXEL = 3 * (1 + 4 + 4)
+#: bytes per grid cell while a slide's grid is set up (level-0 box, tissue fraction, cell index)
+BYTES_PER_CELL = 64
+
+
+class EmbedError(AlkitError, ValueError):
+    """Embedding options that cannot work (out of range, or needing more memory than the machine has)."""
+
+
+def memory_limit() -> int:
+    """Bytes an embedding run may plan to use: 80 % of the machine's physical memory (16 GiB if unknown)."""
+    try:
+        return int(0.8 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 16 << 30
+
+
+def _gib(n: float) -> str:
+    return f"{n / (1 << 30):.1f} GiB"
 
 
 @dataclass(frozen=True)
@@ -52,6 +77,39 @@ class EmbedConfig:
     strategy: str = "auto"
     num_nodes: int = 1
     precision: str | None = None  # e.g. "bf16-mixed" on GPUs
+
+    def __post_init__(self) -> None:
+        def whole(name: str, lo: int) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise EmbedError(f"embedding option {name} must be a whole number >= {lo}, got {v!r}")
+
+        whole("patch", 1)
+        whole("batch_size", 1)
+        whole("num_workers", 0)
+        whole("num_nodes", 1)
+        if self.stride is not None:
+            whole("stride", 1)
+        if self.mpp is not None and not (isinstance(self.mpp, (int, float)) and not isinstance(self.mpp, bool)
+                                         and math.isfinite(self.mpp) and self.mpp > 0):
+            raise EmbedError(f"embedding option mpp must be a positive number of µm/px, got {self.mpp!r}")
+        if not (isinstance(self.min_tissue, (int, float)) and 0 <= self.min_tissue <= 1):
+            raise EmbedError(f"embedding option min_tissue must be a fraction in [0, 1], got {self.min_tissue!r}")
+
+    def patch_memory(self) -> int:
+        """Bytes the patches in flight need: a batch being embedded plus the batches DataLoader workers
+        prefetch (two each)."""
+        batches = 1 + 2 * self.num_workers
+        return batches * self.batch_size * self.patch * self.patch * BYTES_PER_PATCH_PIXEL
+
+    def check_memory(self, limit: int | None = None) -> None:
+        """:class:`EmbedError` when :meth:`patch_memory` exceeds ``limit`` (default :func:`memory_limit`)."""
+        limit = memory_limit() if limit is None else limit
+        need = self.patch_memory()
+        if need > limit:
+            raise EmbedError(f"--patch {self.patch} with --batch-size {self.batch_size} and --workers "
+                             f"{self.num_workers} needs about {_gib(need)} for patches in flight, more than the "
+                             f"{_gib(limit)} this machine allows; use a smaller patch or batch size")
 
 
 class PatchDataset(Dataset):
@@ -157,8 +215,11 @@ class Embedder:
     """Embeds slides with one encoder and one Trainer; a second run over the same slides is a cache hit."""
 
     def __init__(self, config: EmbedConfig, out_dir: str | os.PathLike, progress: bool = True):
+        config.check_memory()
         self.config = config
         self.out_dir = Path(out_dir)
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise EmbedError(f"{self.out_dir}: exists and is not a folder (the stores go into a folder)")
         self.progress = progress
         self.encoder = get_encoder(config.encoder)
         self.mpp = float(config.mpp or self.encoder.mpp)
@@ -198,7 +259,14 @@ class Embedder:
             if is_cached(out, attrs):
                 log.info("%s: cached in %s", path, out)
                 self.cache_hits += 1
+                if _is_global_zero() and _shard_dir(out).exists():  # killed after the store, before the clean-up
+                    shutil.rmtree(_shard_dir(out), ignore_errors=True)
                 return out
+            if out.exists():
+                try:
+                    read_attrs(out)
+                except StoreError as exc:
+                    log.warning("%s: recomputing the store (%s)", path, exc)
             grid = grid.with_tissue(detect_tissue(slide))
         cells = grid.tissue_cells(self.config.min_tissue)
         if len(cells) == 0:
@@ -233,7 +301,9 @@ class Embedder:
 
         ``slide_mpp`` is the level-0 resolution of slides whose files lack one; it never overrides metadata.
         """
-        preflight(paths, slide_mpp)
+        self.preflight(paths, slide_mpp)
+        if _is_global_zero():  # what an interrupted run left: temporary store files of dead processes
+            remove_stale_temps(self.out_dir, ".h5")
         bar = tqdm(paths, desc="slides", unit="slide", disable=not (self.progress and _is_global_zero()))
         stores = []
         for p in bar:
@@ -242,14 +312,40 @@ class Embedder:
         return stores
 
 
-def preflight(paths: Sequence[str | os.PathLike], slide_mpp: float | None = None) -> None:
-    """Open every slide before any work: a bad file or a clash of slide ids fails the run up front."""
+    def preflight(self, paths: Sequence[str | os.PathLike], slide_mpp: float | None = None) -> None:
+        """:func:`preflight`, plus each slide's grid checked against the memory it would take."""
+        limit = memory_limit()
+
+        def check(slide: Slide) -> None:
+            grid = PatchGrid.for_slide(slide, self.mpp, self.config.patch, self.stride)
+            cells = grid.shape[0] * grid.shape[1]
+            if cells * BYTES_PER_CELL > limit:
+                raise EmbedError(f"{slide.path}: a grid of {grid.shape[0]} x {grid.shape[1]} cells (--patch "
+                                 f"{self.config.patch}, --stride {self.stride} at {self.mpp:g} µm/px) needs about "
+                                 f"{_gib(cells * BYTES_PER_CELL)}, more than the {_gib(limit)} this machine "
+                                 "allows; use a larger stride or patch")
+
+        preflight(paths, slide_mpp, check=check)
+
+
+def preflight(paths: Sequence[str | os.PathLike], slide_mpp: float | None = None,
+              check: Callable[[Slide], None] | None = None) -> None:
+    """Open every slide before any work: a bad file or a clash of slide ids (or of the file names made from
+    them) fails the run up front; ``check`` is called with each open slide."""
     names: dict[str, Path] = {}
+    files: dict[str, Path] = {}
     for p in map(Path, paths):
         if p.stem in names:
             raise SlideError(p, f"slide id '{p.stem}' also belongs to {names[p.stem]}; ids must be unique")
         names[p.stem] = p
-        Slide(p, fallback_mpp=slide_mpp).close()
+        name = safe_name(p.stem, source=p, error=EmbedError)
+        if name in files:
+            raise SlideError(p, f"slide id '{p.stem}' and that of {files[name]} make the same file name "
+                                f"'{name}'; rename one")
+        files[name] = p
+        with Slide(p, fallback_mpp=slide_mpp) as slide:
+            if check is not None:
+                check(slide)
 
 
 def embed_slides(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike,

@@ -9,6 +9,7 @@ half-written store, and the next run recomputes only what is missing.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -23,6 +24,7 @@ import numpy as np
 from alkit import __version__
 from alkit.atomic import atomic_path
 from alkit.errors import AlkitError
+from alkit.ids import safe_name, check_id
 from alkit.wsi.grid import PatchGrid
 
 FORMAT_VERSION = 2  # 2: tissue fraction of every cell
@@ -43,8 +45,12 @@ def _slug(text: str) -> str:
 
 def store_path(out_dir: str | os.PathLike, slide_id: str, encoder: str, mpp: float, patch: int,
                stride: int) -> Path:
-    """Where the store of one (slide, encoder, mpp, patch, stride) lives under ``out_dir``."""
-    name = f"{_slug(slide_id)}__{_slug(encoder)}__{mpp:g}mpp_{patch}px_s{stride}.h5"
+    """Where the store of one (slide, encoder, mpp, patch, stride) lives under ``out_dir``
+    (the slide id made a file name by :func:`alkit.ids.safe_name`; a very long encoder spec is shortened)."""
+    enc = _slug(encoder)
+    if len(enc) > 80:
+        enc = f"{enc[:60]}-{hashlib.sha256(encoder.encode()).hexdigest()[:10]}"
+    name = f"{safe_name(slide_id, error=StoreError)}__{enc}__{mpp:g}mpp_{patch}px_s{stride}.h5"
     return Path(out_dir) / name
 
 
@@ -64,14 +70,20 @@ class _SlideGridMixin:
 
     @property
     def slide_id(self) -> str:
-        return str(self.attrs.get("slide", self.path.name.split("__")[0]))
+        """The slide id the store was made for (its ``slide`` attribute), checked as an id: a store is a
+        file that moves between labs, and its ids become file names (:func:`alkit.ids.check_id`)."""
+        value = self.attrs.get("slide", self.path.name.split("__")[0])
+        return check_id(value, what="'slide' attribute", source=self.path, error=StoreError)
 
     @property
     def grid(self) -> PatchGrid:
         """The patch grid the coords index (with every cell's tissue fraction when stored)."""
         a = self.attrs
-        return PatchGrid(tuple(a["slide_dimensions"]), a["slide_mpp"], a["mpp"], a["patch"], a["stride"],
-                         self.tissue_fraction)
+        try:
+            return PatchGrid(tuple(int(v) for v in a["slide_dimensions"]), float(a["slide_mpp"]), float(a["mpp"]),
+                             int(a["patch"]), int(a["stride"]), self.tissue_fraction)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StoreError(f"{self.path}: grid attributes missing or invalid ({exc})") from None
 
 
 @dataclass(frozen=True)
@@ -136,12 +148,22 @@ class StoreHeader(_SlideGridMixin):
         feats = f["features"]
         if feats.ndim != 2:
             raise StoreError(f"{path}: features must be (n, C), got shape {feats.shape}")
-        tissue = f["tissue_fraction"][()].astype(np.float32) if "tissue_fraction" in f else None
-        coords = f["coords"][()]
+        try:
+            tissue = f["tissue_fraction"][()].astype(np.float32) if "tissue_fraction" in f else None
+            coords = f["coords"][()]
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise StoreError(f"{path}: unreadable 'coords' / 'tissue_fraction' ({exc})") from None
+        if coords.ndim != 2 or coords.shape[1] != 2 or not np.issubdtype(coords.dtype, np.integer):
+            raise StoreError(f"{path}: coords must be (n, 2) integers, got {coords.dtype} {coords.shape}")
         if len(coords) != feats.shape[0]:
             raise StoreError(f"{path}: {len(coords)} coords but {feats.shape[0]} feature rows")
-        return cls(path, coords, json.loads(f.attrs["alkit"]), int(feats.shape[0]), int(feats.shape[1]),
-                   feats.dtype, tissue)
+        if tissue is not None and tissue.ndim != 2:
+            raise StoreError(f"{path}: tissue_fraction must be (rows, cols), got shape {tissue.shape}")
+        header = cls(path, coords, _attrs(path, f), int(feats.shape[0]), int(feats.shape[1]), feats.dtype, tissue)
+        grid = header.grid  # checks the grid attributes (and the tissue fractions' shape)
+        if len(coords) and (coords.min() < 0 or (coords.max(axis=0) >= np.array(grid.shape)).any()):
+            raise StoreError(f"{path}: coords outside the {grid.shape[0]} x {grid.shape[1]} grid")
+        return header
 
     def feature_chunks(self, chunk: int) -> Iterator[tuple[int, np.ndarray]]:
         """``(start, rows)`` for consecutive blocks of at most ``chunk`` feature rows, read from disk.
@@ -173,10 +195,23 @@ def _open_store(path: Path) -> Iterator[h5py.File]:
         raise StoreError(f"{path}: unreadable HDF5 file: {exc}") from None
 
 
+def _attrs(path: Path, f: h5py.File) -> dict:
+    """The ``alkit`` attribute of an open store as a dict; :class:`StoreError` if it is not one."""
+    try:
+        raw = f.attrs["alkit"]
+        attrs = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+    except (TypeError, ValueError, UnicodeDecodeError) as exc:
+        raise StoreError(f"{path}: the 'alkit' attribute is not JSON ({exc})") from None
+    if not isinstance(attrs, dict):
+        raise StoreError(f"{path}: the 'alkit' attribute is a JSON {type(attrs).__name__}, expected an object")
+    return attrs
+
+
 def read_attrs(path: str | os.PathLike) -> dict:
     """A store's attributes; :class:`StoreError` if it is not a readable alkit store."""
-    with _open_store(Path(path)) as f:
-        return json.loads(f.attrs["alkit"])
+    path = Path(path)
+    with _open_store(path) as f:
+        return _attrs(path, f)
 
 
 def is_cached(path: str | os.PathLike, attrs: dict) -> bool:
@@ -192,7 +227,8 @@ def is_cached(path: str | os.PathLike, attrs: dict) -> bool:
 
 def _same(a, b) -> bool:
     if isinstance(a, float) or isinstance(b, float):
-        return a is not None and b is not None and abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(b)))
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
+        return numbers and abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(b)))
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
     return a == b

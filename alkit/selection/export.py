@@ -9,7 +9,9 @@
 - ``png/<slide>.png``: the slide thumbnail with the score map over it (where the strategy has one)
   and the boxes with their rank.
 
-Every file is written atomically.
+Every file is written atomically. Per-slide file names come from :func:`alkit.ids.id_path` (the slide id
+checked as an id, never used as a path), so a store whose ``slide`` attribute is ``../../x`` or ``/tmp/x``
+fails with an error instead of writing outside ``out``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from PIL import Image, ImageDraw
 from alkit.annotations.asap import write_asap_xml
 from alkit.atomic import atomic_path, atomic_write_text
 from alkit.embeddings.cohort import Cohort, CohortSlide
+from alkit.errors import AlkitError
+from alkit.ids import id_path
 from alkit.wsi.slide import Slide, SlideError
 from alkit.selection.strategy import RegionPick, Selection
 
@@ -94,21 +98,31 @@ def overview_png(slide: CohortSlide, picks: list[RegionPick], score_map: np.ndar
 def write_selection(selection: Selection, cohort: Cohort, out: str | os.PathLike, png: bool = True) -> Path:
     """Write regions.json and per-slide GeoJSON, ASAP XML and PNG under ``out``; returns regions.json."""
     out = Path(out)
+    names: dict[str, str] = {}  # file name -> slide id: two ids must not share the files
+    for slide in cohort:  # every name checked before anything is written
+        name = id_path(out, slide.slide_id, source=slide.store_path).name
+        if names.setdefault(name, slide.slide_id) != slide.slide_id:
+            raise AlkitError(f"{slide.store_path}: slide ids {names[name]!r} and {slide.slide_id!r} make the same "
+                             f"file name {name!r}; rename one of the slides")
     regions_json = atomic_write_text(out / "regions.json",
                                      json.dumps([p.to_dict() for p in selection.regions], indent=1) + "\n")
     for slide in cohort:
         picks = selection.for_slide(slide.slide_id)
-        atomic_write_text(out / "qupath" / f"{slide.slide_id}.geojson", json.dumps(regions_geojson(picks)) + "\n")
+
+        def per_slide(kind: str, suffix: str) -> Path:
+            return id_path(out / kind, slide.slide_id, suffix, source=slide.store_path)
+
+        atomic_write_text(per_slide("qupath", ".geojson"), json.dumps(regions_geojson(picks)) + "\n")
         annotations = [(f"{p.strategy} #{rank}", _label(p),
                         [(p.box[0], p.box[1]), (p.box[0] + p.box[2], p.box[1]),
                          (p.box[0] + p.box[2], p.box[1] + p.box[3]), (p.box[0], p.box[1] + p.box[3])])
                        for rank, p in enumerate(picks, 1)]
         groups = {lab: "#%02X%02X%02X" % _colour(lab, sorted({_label(p) for p in picks}))
                   for lab in sorted({_label(p) for p in picks})}
-        write_asap_xml(out / "asap" / f"{slide.slide_id}.xml", annotations, groups=groups)
+        write_asap_xml(per_slide("asap", ".xml"), annotations, groups=groups)
         if png:
             maps = selection.score_maps.get(slide.slide_id, {})
             score_map = np.max(np.stack(list(maps.values())), axis=0) if maps else None
-            with atomic_path(out / "png" / f"{slide.slide_id}.png") as tmp:
+            with atomic_path(per_slide("png", ".png")) as tmp:
                 Image.fromarray(overview_png(slide, picks, score_map)).save(tmp)
     return regions_json

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,23 +68,44 @@ def _why_unopenable(path: Path) -> str:
     import tifffile  # only on the error path
 
     tiff_log = logging.getLogger("tifffile")
-    level, tiff_log.level = tiff_log.level, logging.ERROR  # its warnings repeat what we report
+    heard: list[str] = []  # what tifffile would log (e.g. "invalid page offset"): folded into our one line
+    catch = _Collect(heard)
+    propagate, tiff_log.propagate = tiff_log.propagate, False
+    tiff_log.addHandler(catch)
     try:
         with tifffile.TiffFile(path) as tif:
             pages = list(tif.pages)  # walks every image directory
+            offsets = [int(m) for m in re.findall(r"invalid page offset (\d+)", " ".join(heard))]
+            if any(o >= size for o in offsets):
+                return (f"truncated TIFF ({size} bytes): image directory {len(pages)} should start at byte "
+                        f"{min(o for o in offsets if o >= size)}, past the end of the file")
             if not pages:
                 return f"truncated or corrupt TIFF ({size} bytes): no readable image directory"
             for page in pages:
                 ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts)]
                 if ends and max(ends) > size:
-                    return (f"truncated or corrupt TIFF ({size} bytes): image data of page {page.index} "
+                    return (f"truncated TIFF ({size} bytes): image data of page {page.index} "
                             f"ends at byte {max(ends)}")
+            if heard:
+                return f"corrupt TIFF ({size} bytes): {heard[0]}"
     except Exception as exc:  # tifffile raises many types for broken files
         return f"truncated or corrupt TIFF ({size} bytes): {exc}"
     finally:
-        tiff_log.setLevel(level)
+        tiff_log.removeHandler(catch)
+        tiff_log.propagate = propagate
     return (f"a TIFF file ({size} bytes) that OpenSlide cannot read as a slide: "
             "unsupported layout (e.g. not tiled) or corrupt tiles")
+
+
+class _Collect(logging.Handler):
+    """Keeps the messages of a logger (tifffile's) instead of printing them."""
+
+    def __init__(self, into: list[str]) -> None:
+        super().__init__(logging.DEBUG)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.into.append(" ".join(record.getMessage().split()))
 
 
 def file_fingerprint(path: Path, edge: int = 1 << 20) -> str:
@@ -160,6 +182,8 @@ class Slide:
             raise SlideError(path, "no such file")
         if path.is_dir():
             raise SlideError(path, "is a directory, not a slide file")
+        if not path.is_file():  # a FIFO or device (a path inside a store may name anything): never opened
+            raise SlideError(path, "not a regular file")
         try:
             return openslide.OpenSlide(str(path))
         except openslide.OpenSlideUnsupportedFormatError:

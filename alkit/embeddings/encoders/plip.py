@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import re
 from pathlib import Path
 
@@ -71,6 +72,16 @@ class PLIPEncoder(Encoder):
             hint = ("" if is_local else " (is the machine offline? HF_HUB_OFFLINE=1 allows only models already in "
                     "the Hugging Face cache; download once online or pass a local folder as plip@DIR)")
             raise EncoderError(f"plip@{source}: could not load a CLIPModel from {where}{hint}: {exc}") from exc
+        except pickle.UnpicklingError as exc:
+            first = next((ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln or "Unsupported" in ln), "")
+            first = first.split(" was not an allowed")[0]
+            raise EncoderError(f"plip@{source}: the weights in {where} hold pickled Python objects ({first[:160]}), "
+                               "which alkit will not unpickle (that can run code); use a folder with "
+                               "model.safetensors (CLIPModel.save_pretrained writes one)") from None
+        except (ValueError, RuntimeError, KeyError, TypeError, AttributeError, EOFError) as exc:
+            detail = " ".join(str(exc).split())[:200]
+            raise EncoderError(f"plip@{source}: {where} does not hold a loadable CLIPModel "
+                               f"({type(exc).__name__}: {detail})") from None
         missing = list(info.get("missing_keys", []))
         if missing:
             raise EncoderError(f"plip@{source}: {where} is not a complete CLIPModel checkpoint; "
@@ -88,7 +99,8 @@ class PLIPEncoder(Encoder):
             self.clip_tokenizer = open_clip.SimpleTokenizer(context_length=self.context_length)
             log.info("plip@%s: no tokenizer files; using OpenCLIP's bundled CLIP BPE tokenizer", source)
         if is_local:
-            files = sorted(local.glob("*.safetensors")) or sorted(local.glob("pytorch_model*.bin"))
+            files = [f for f in sorted(local.glob("*.safetensors")) or sorted(local.glob("pytorch_model*.bin"))
+                     if not f.name.startswith(".")]  # not hidden side / temporary files
             self.weights_id = file_weights_id(*files) if files else f"dir:{local.resolve()}"
         else:
             commit = getattr(model.config, "_commit_hash", None)

@@ -40,6 +40,7 @@ from alkit.al.areas import box_mm2
 from alkit.al.oracle import RegionReport
 from alkit.al.pool import LabeledPool
 from alkit.al.task import ConfigSection, SummaryPlot, TaskConfigError, TaskSettings
+from alkit.atomic import visible
 from alkit.embeddings.cohort import Cohort, CohortSlide, expand_slide_paths
 from alkit.embeddings.store import StoreHeader
 from alkit.errors import AlkitError
@@ -107,7 +108,7 @@ class DetectionGroundTruth(ConfigSection):
 
 def sliderunner_files(truth: Mapping[str, Any]) -> list[Path]:
     """The SlideRunner databases of ``ground_truth.folder`` that match its ``pattern`` (default one per slide)."""
-    return sorted(Path(truth["folder"]).glob(truth.get("pattern", "{slide}.sqlite").replace("{slide}", "*")))
+    return visible(sorted(Path(truth["folder"]).glob(truth.get("pattern", "{slide}.sqlite").replace("{slide}", "*"))))
 
 
 class DetectionTask:

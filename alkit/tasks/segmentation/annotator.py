@@ -27,6 +27,7 @@ from alkit.annotations.geometry import (EMPTY_POLYGON, boxes_union, class_names,
                                         union_minus_exclusions)
 from alkit.annotations.ncrf import is_ncrf, parse_ncrf
 from alkit.annotations.qupath import QuPathFeature, parse_qupath_geojson
+from alkit.ids import check_id
 from alkit.jsonfile import read_json
 from alkit.tasks.detection.labels import HARD_NEGATIVE, MITOSIS, check_classes, mitosis_label
 from alkit.tasks.detection.oracle import MitosisOracle
@@ -57,6 +58,9 @@ def load_regions(regions: Regions) -> dict[str, np.ndarray]:
     out: dict[str, list] = {}
     if isinstance(regions, Mapping):
         for sid, boxes in regions.items():
+            if not isinstance(boxes, (list, tuple, np.ndarray)) or not all(
+                    isinstance(b, (list, tuple, np.ndarray)) for b in boxes):
+                raise OracleError(f"{source}: slide {str(sid)[:80]!r} must map to a list of [x, y, w, h] boxes")
             out.setdefault(str(sid), []).extend(list(b) for b in boxes)
     else:
         if not isinstance(regions, Iterable):
@@ -129,6 +133,7 @@ class AnnotationOracle(TumourOracle):
         points: dict[str, dict[str, list]] = {MITOSIS: {}, HARD_NEGATIVE: {}}
         sources: dict[str, Path] = {}
         for sid, boxes in boxes_by_slide.items():
+            check_id(sid, source=regions if isinstance(regions, (str, os.PathLike)) else None, error=OracleError)
             files = [folder / f"{sid}{ext}" for ext in _DRAWING_SUFFIXES]
             files = [f for f in files if f.is_file()]
             if not files:

@@ -40,6 +40,7 @@ from alkit.annotations.geometry import (EMPTY_POLYGON, class_names, polygon_part
 from alkit.annotations.masks import MASK_SUFFIXES, read_mask_image
 from alkit.annotations.ncrf import is_ncrf, parse_ncrf
 from alkit.annotations.qupath import QuPathFeature, parse_qupath_geojson
+from alkit.atomic import is_hidden
 from alkit.jsonfile import read_json
 from alkit.wsi.coverage import geometry_box_areas, geometry_cell_fractions, mask_box_areas, mask_cell_fractions
 from alkit.wsi.grid import PatchGrid
@@ -157,7 +158,7 @@ class TumourOracle:
         files: dict[str, Path] = {}
         for path in sorted(folder.glob(pattern.replace("{slide}", "*"))):
             m = regex.match(path.relative_to(folder).as_posix())
-            if m and path.is_file():
+            if m and path.is_file() and not is_hidden(path):  # leftovers (.NAME.tmp) and hidden files are not truth
                 files[m["slide"]] = path
         if slides is not None:
             wanted = list(slides)

@@ -41,6 +41,10 @@ class LoopCallback:
     def on_cycle_end(self, loop: ActiveLearningLoop, cycle: int, metrics: dict) -> None:
         """Cycle ``cycle`` was trained and evaluated."""
 
+    def on_fit_start(self, loop: ActiveLearningLoop, cycle: int) -> None:
+        """The task's model is about to be trained on the regions of cycles ≤ ``cycle`` (e.g. to log
+        each fit's training curves apart)."""
+
 
 @dataclass
 class CycleResult:
@@ -93,6 +97,8 @@ class ActiveLearningLoop:
 
     def fit(self, max_cycle: int | None = None) -> dict:
         """Train the task's model on the regions of cycles ≤ ``max_cycle`` (default all)."""
+        for cb in self.callbacks:
+            cb.on_fit_start(self, self.pool.last_cycle if max_cycle is None else max_cycle)
         return self.task.fit(self.task.training_examples(self.pool, self.cohort, max_cycle, self.validation_cohort))
 
     def run(self) -> list[CycleResult]:

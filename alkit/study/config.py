@@ -76,6 +76,9 @@ class StudyConfig:
     selector_options: dict = field(default_factory=dict)  # e.g. the reference's adaptive rules
     strategy_params: dict = field(default_factory=dict)  # strategy name -> its parameters
     extra: dict = field(default_factory=dict)
+    #: the config as validated, every default filled in (task parameters included): what a run's key
+    #: hashes, so a config that spells out a default and one that leaves it out are the same study
+    resolved: dict = field(default_factory=dict)
 
     @property
     def kind(self) -> str:
@@ -147,9 +150,9 @@ def _closest(name: str, known: list[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def _task(spec: StudySchema, raw: dict, path: Path) -> tuple[dict, type[Task]]:
-    """The ``task:`` section and the class of its registered ``kind``, whose schemas then validate the
-    ``task:`` parameters and ``cohort.ground_truth``."""
+def _task(spec: StudySchema, raw: dict, path: Path) -> tuple[dict, type[Task], dict]:
+    """The ``task:`` section, the class of its registered ``kind`` (whose schemas then validate the
+    ``task:`` parameters and ``cohort.ground_truth``) and the section with every default filled in."""
     task = dict(raw.get("task") or {})
     kind = spec.task.kind
     registered = available_tasks()
@@ -161,12 +164,14 @@ def _task(spec: StudySchema, raw: dict, path: Path) -> tuple[dict, type[Task]]:
     except TaskError as exc:
         raise ConfigError(f"{path}: key 'task.kind': {exc}") from None
     params_schema, truth_schema = task_schemas(cls)
+    resolved = {"kind": kind, **{k: v for k, v in task.items() if k != "kind"}}
     if params_schema is not None:
-        _validate(path, params_schema, {k: v for k, v in task.items() if k != "kind"}, ("task",),
-                  unknown=f"key 'task' has unknown parameter(s) {{relative}} for task {kind!r}")
+        params = _validate(path, params_schema, {k: v for k, v in task.items() if k != "kind"}, ("task",),
+                           unknown=f"key 'task' has unknown parameter(s) {{relative}} for task {kind!r}")
+        resolved = {"kind": kind, **params.model_dump(mode="json")}
     if truth_schema is not None:
         _validate(path, truth_schema, raw["cohort"]["ground_truth"], ("cohort", "ground_truth"))
-    return task, cls
+    return task, cls, resolved
 
 
 def _slides(spec: StudySchema, path: Path, resolve) -> tuple[list[Path], list[Path], list[Path]]:
@@ -308,7 +313,7 @@ def load_config(path: str | os.PathLike) -> StudyConfig:
     def resolve(p: str) -> str:
         return str(p if os.path.isabs(p) else base / p)
 
-    task, task_cls = _task(spec, raw, path)
+    task, task_cls, resolved_task = _task(spec, raw, path)
     strategies = list(spec.strategies)
     registered = available_strategies()
     for s in strategies:
@@ -343,4 +348,5 @@ def load_config(path: str | os.PathLike) -> StudyConfig:
         ground_truth=truth, embedding=embedding, prototypes=settings.prototypes, strategies=strategies,
         selector=selector, n=list(spec.budgets.n), l=list(spec.budgets.l), seeds=list(spec.seeds),
         cycles=spec.loop.cycles, acquisition=acquisition, task=task, out=Path(out), slide_mpp=slide_mpp,
-        validation_slides=validation_slides, selector_options=selector_options, strategy_params=strategy_params)
+        validation_slides=validation_slides, selector_options=selector_options, strategy_params=strategy_params,
+        resolved=spec.model_dump(mode="json") | {"task": resolved_task})

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import os
+import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -38,6 +39,7 @@ from alkit.atomic import atomic_path, atomic_write_text  # noqa: E402
 REFERENCE_STRATEGY = "full"
 """The strategy every other is measured against: all tissue labeled (run once per seed, cycle 0)."""
 
+TABLE_ARTEFACT = "summary_table.json"  # the summary table on the study's parent run (an MLflow table)
 TISSUE = "annotated_tissue_pct"  # the x axis of every plot (the loop records it for every task)
 SPREAD = "median over seeds; bars: min–max over seeds"
 REFERENCE_COLOUR = "black"
@@ -108,11 +110,64 @@ def summary_table(runs: list[dict], metrics: tuple[str, ...]) -> list[dict]:
     return table
 
 
-def summarise_study(runs: list[dict], out: str | os.PathLike) -> dict[str, Path]:
+class StudySummary(dict):
+    """The summary's files (name -> path, as :func:`summarise_study` documents) and, in ``mlflow``,
+    the parent run they were logged to (None where the runs did not say where they are)."""
+
+    def __init__(self, paths: dict[str, Path], mlflow=None) -> None:
+        super().__init__(paths)
+        self.mlflow = mlflow
+
+
+def summarise_study(runs: list[dict], out: str | os.PathLike) -> StudySummary:
     """Median over seeds per (strategy, n, l, cycle): CSV, markdown table and plots, in the metrics of
     the runs' task (param ``task_kind``). Returns the paths: ``csv``, ``markdown``, one per task plot
-    (its name), ``<plot>_cycle0`` per task plot and ``al_curves_l<l>`` per region size."""
-    out = Path(out)
+    (its name), ``<plot>_cycle0`` per task plot and ``al_curves_l<l>`` per region size.
+
+    When ``runs`` come from :func:`alkit.study.run.run_study` (they carry the study's parent run in
+    ``runs.mlflow``), the summary also goes to that parent run, so that everyone with access to the
+    tracking server sees it (:func:`log_summary`)."""
+    paths = _write_summary(runs, Path(out))
+    location = getattr(runs, "mlflow", None)
+    if location is not None and location.run_id:
+        log_summary(paths, location)
+    return StudySummary(paths, location)
+
+
+def log_summary(paths: dict[str, Path], location) -> None:
+    """Log a summary's files to the run at ``location`` (an :class:`~alkit.study.tracking.MlflowLocation`):
+    the table as an MLflow table (``summary_table.json``, ``client.log_table``), the CSV, markdown
+    and plots under ``summary/``. Logging again replaces them (a resumed or sharded study), where
+    ``log_table`` alone would append the rows to the old table."""
+    import pandas as pd
+    from mlflow import MlflowClient
+
+    with open(paths["csv"], newline="") as fh:
+        rows = [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+    client = MlflowClient(tracking_uri=location.tracking_uri)
+    table = pd.DataFrame(rows, columns=list(rows[0]) if rows else None)
+    if TABLE_ARTEFACT in {a.path for a in client.list_artifacts(location.run_id)}:
+        # log_table would append the new rows to the old table: replace the file instead (same format)
+        with tempfile.TemporaryDirectory() as tmp:
+            table.to_json(Path(tmp) / TABLE_ARTEFACT, orient="split", index=False, date_format="iso")
+            client.log_artifact(location.run_id, str(Path(tmp) / TABLE_ARTEFACT))
+    else:
+        client.log_table(location.run_id, table, TABLE_ARTEFACT)
+    for path in paths.values():
+        client.log_artifact(location.run_id, str(path), "summary")
+
+
+def _number(text: str):
+    """A CSV cell as a number where it is one (the table's columns are numeric but for the strategy)."""
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
+
+
+def _write_summary(runs: list[dict], out: Path) -> dict[str, Path]:
+    """The summary's files in ``out`` (see :func:`summarise_study`)."""
     kinds = {r["params"].get("task_kind", DEFAULT_TASK) for r in runs} or {DEFAULT_TASK}
     if len(kinds) > 1:
         raise ValueError(f"runs of different tasks ({sorted(kinds)}) cannot share one summary")

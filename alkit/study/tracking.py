@@ -16,6 +16,26 @@ Runs are identified by a *key* (e.g. ``strategy, n, l, seed, config_hash``) stor
 makes a study resumable: skip what is done, redo what failed. A failed or killed run is never
 deleted or changed; a new run with the same key tags it ``alkit.superseded_by`` so it can be
 filtered out in the UI.
+
+A study is one *parent run* (:meth:`Tracker.study_run`, tags ``alkit.role=study``, ``alkit.study``,
+``alkit.study_config_hash``) with the grid's runs nested under it (tag ``mlflow.parentRunId``). Every
+run gets the system tags ``mlflow.start_run`` would set (:func:`system_tags`: user, source name and
+type, and the git commit, branch and remote of the working directory when it is in a git repository).
+
+*Phantoms.* A process killed with SIGKILL (or a lost machine) leaves its run RUNNING. Every run
+therefore records its owner: tags ``alkit.host``, ``alkit.pid``, ``alkit.pid_start`` (the process's
+start time, so a reused pid is not mistaken for the owner) and ``alkit.heartbeat`` (seconds since
+the epoch, updated whenever the run logs metrics, i.e. every cycle). :meth:`Tracker.fail_abandoned`
+marks a RUNNING run FAILED (tag ``alkit.error`` says why, its end time is its last heartbeat) when
+its owner is gone: on this host, when its pid is not running or is another process; on another host
+(which cannot be asked), when its heartbeat is older than ``stale_after`` seconds
+(:data:`DEFAULT_STALE_AFTER`, 24 h, or ``$ALKIT_HEARTBEAT_TIMEOUT``). A run whose owner lives is
+never touched.
+
+*Creating the SQLite store* (:func:`ensure_sqlite_store`) is atomic: MLflow's tables and migrations
+are made in a temporary file beside the target, which is then linked into place. A database that an
+older, interrupted creation left half-made (not at MLflow's schema head) and that holds no run is
+rebuilt.
 """
 
 from __future__ import annotations
@@ -27,20 +47,24 @@ import json
 import logging
 import os
 import re
+import socket
+import sqlite3
 import time
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 
 import alkit
+from alkit.atomic import remove_stale_temps, temp_name
 from alkit.errors import AlkitError
 
 if TYPE_CHECKING:
@@ -55,6 +79,18 @@ VERSION_TAG = "alkit.version"
 VERSION_PARAM = "alkit_version"
 SUPERSEDED_TAG = "alkit.superseded_by"
 ERROR_TAG = "alkit.error"
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: nests a run under another in the UI
+ROLE_TAG = "alkit.role"  # "study" on a study's parent run
+STUDY_TAG = "alkit.study"
+STUDY_HASH_TAG = "alkit.study_config_hash"
+HOST_TAG = "alkit.host"
+PID_TAG = "alkit.pid"
+PID_START_TAG = "alkit.pid_start"
+HEARTBEAT_TAG = "alkit.heartbeat"
+PARENT_SETTLE_S = 1.0
+"""Seconds a process that created a study's parent run waits before checking for a concurrent one."""
+DEFAULT_STALE_AFTER = 24 * 3600.0
+"""Seconds without a heartbeat after which a RUNNING run of another host counts as abandoned."""
 
 try:  # MLflow's own limits; the fallbacks are the smallest values older releases used
     from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
@@ -177,6 +213,203 @@ def _is_loopback(uri: str) -> bool:
     return re.match(r"^https?://(127\.|localhost[:/]|localhost$|\[::1\])", uri) is not None
 
 
+# -- the SQLite store ------------------------------------------------------------------------------
+def _schema_state(path: Path) -> tuple[str | None, int, bool]:
+    """``(alembic revision or None, number of runs, whether a migration's temporary tables are left)``
+    of an SQLite file; ``(None, 0, False)`` for one without MLflow's schema (e.g. empty). Opening it
+    also rolls back a transaction that a killed writer left in its journal."""
+    con = sqlite3.connect(f"file:{quote(str(path))}?mode=rw", uri=True, timeout=60)
+    try:
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        revision = None
+        if "alembic_version" in tables:
+            row = con.execute("SELECT version_num FROM alembic_version").fetchone()
+            revision = row[0] if row else None
+        runs = con.execute("SELECT COUNT(*) FROM runs").fetchone()[0] if "runs" in tables else 0
+        return revision, int(runs), any(t.startswith("_alembic_tmp") for t in tables)
+    except sqlite3.DatabaseError as exc:
+        raise AlkitError(f"{path}: not a usable MLflow SQLite database ({exc})") from None
+    finally:
+        con.close()
+
+
+@functools.cache
+def _head_revision() -> str | None:
+    """The schema revision this MLflow creates (None if it cannot be told: then any revision is fine)."""
+    try:
+        from mlflow.store.db.utils import _get_latest_schema_revision
+
+        return _get_latest_schema_revision()
+    except Exception:  # pragma: no cover (MLflow moved it)
+        return None
+
+
+def _complete(state: tuple[str | None, int, bool]) -> bool:
+    revision, _, leftovers = state
+    head = _head_revision()
+    return revision is not None and not leftovers and (head is None or revision == head)
+
+
+@contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``folder`` itself (no lock file), where the platform has one."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover (Windows: no lock; creation is still atomic)
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _remove_db(path: Path) -> None:
+    for side in (path, Path(f"{path}-journal"), Path(f"{path}-wal"), Path(f"{path}-shm")):
+        side.unlink(missing_ok=True)
+
+
+def ensure_sqlite_store(path: str | os.PathLike) -> Path:
+    """Make sure ``path`` is a complete MLflow SQLite store, creating it atomically when missing.
+
+    MLflow creates its tables and then migrates them in place, so a process killed meanwhile leaves a
+    half-made file on which every later run fails (``table datasets already exists``). Here the store
+    is built in a temporary file beside ``path`` (tables, migrations, MLflow's default experiment with
+    artefacts in ``mlruns/`` beside it) and hard-linked into place: another process sees no file or
+    the whole store, never a part. A file without a schema version that holds no run (what an
+    interrupted creation by an older alkit or by MLflow itself leaves: no schema version, an older one,
+    or a migration's temporary tables) is removed and rebuilt, with a warning; a half-migrated one with
+    runs is refused with a message naming it. Concurrent callers on one machine are
+    serialised by a lock on the folder. Returns ``path``.
+    """
+    path = Path(path).absolute()
+    if path.is_file() and _complete(_schema_state(path)):
+        return path  # the usual case: no lock needed
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _folder_lock(path.parent):
+        for suffix in (path.suffix, f"{path.suffix}-journal"):  # temp files of killed creators
+            remove_stale_temps(path.parent, suffix=suffix or None)
+        if path.exists():
+            state = _schema_state(path)
+            revision, runs, leftovers = state
+            if _complete(state):
+                return path  # made meanwhile by another process
+            if runs:
+                if not leftovers:
+                    return path  # an older schema with runs: MLflow says how to upgrade it
+                raise AlkitError(f"{path}: an interrupted schema migration left this MLflow database half-made "
+                                 f"({runs} run(s) in it); back it up, then run 'mlflow db upgrade sqlite:///{path}'")
+            log.warning("%s: an interrupted creation left this MLflow database half-made (schema %s, no runs); "
+                        "rebuilding it", path, revision or "missing")
+            _remove_db(path)
+        else:
+            _remove_db(path)  # a journal without its database is stale: it must not meet the new one
+        tmp = temp_name(path)
+        try:
+            _build_store(tmp, path.parent / "mlruns")
+            try:
+                os.link(tmp, path)  # never replaces a store that appeared meanwhile
+            except FileExistsError:
+                pass
+            except OSError:  # no hard links on this file system: a rename (the lock keeps alkit out)
+                if not path.exists():
+                    os.replace(tmp, path)
+        finally:
+            _remove_db(tmp)
+        log.info("created the MLflow database %s", path)
+    return path
+
+
+def _build_store(path: Path, artifact_root: Path) -> None:
+    """MLflow's tables, migrations and default experiment in a new SQLite file ``path``."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    store = SqlAlchemyStore(f"sqlite:///{path}", str(artifact_root))
+    store.engine.dispose()
+
+
+# -- system tags and run owners ----------------------------------------------------------------------
+def system_tags() -> dict[str, str]:
+    """The tags ``mlflow.start_run`` sets from the context: ``mlflow.user``, ``mlflow.source.name`` and
+    ``mlflow.source.type`` (MLflow's own context providers, :func:`mlflow.tracking.context.registry.resolve_tags`),
+    and ``mlflow.source.git.commit`` / ``.branch`` / ``.repoURL`` of the *working directory* (where
+    the study's config and data usually live) when it is in a git repository; none outside one."""
+    return dict(_context_tags(os.getcwd()))
+
+
+@functools.cache
+def _context_tags(cwd: str) -> tuple[tuple[str, str], ...]:
+    from mlflow.tracking.context.git_context import GitRunContext
+    from mlflow.tracking.context.registry import resolve_tags
+    from mlflow.utils.git_utils import get_git_branch, get_git_commit, get_git_repo_url
+    from mlflow.utils.mlflow_tags import MLFLOW_GIT_BRANCH, MLFLOW_GIT_COMMIT, MLFLOW_GIT_REPO_URL
+
+    tags = resolve_tags(ignore=[GitRunContext])  # MLflow's git provider looks at sys.argv[0], not the data
+    commit = get_git_commit(cwd)
+    if commit:
+        tags[MLFLOW_GIT_COMMIT] = commit
+        for name, value in ((MLFLOW_GIT_BRANCH, get_git_branch(cwd)), (MLFLOW_GIT_REPO_URL, get_git_repo_url(cwd))):
+            if value:
+                tags[name] = value
+    return tuple(sorted((str(k), str(v)) for k, v in tags.items()))
+
+
+def _process_start(pid: int) -> str:
+    """A process's start time (clock ticks since boot, from ``/proc``), "" where it cannot be read."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]  # field 22: starttime (the name may hold spaces)
+    except (OSError, IndexError):
+        return ""
+
+
+def owner_tags() -> dict[str, str]:
+    """The tags that say which process owns a run, and that it is alive now (the heartbeat)."""
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()), PID_START_TAG: _process_start(os.getpid()),
+            HEARTBEAT_TAG: f"{time.time():.0f}"}
+
+
+def abandoned(tags: Mapping[str, str], start_time_ms: int | None, stale_after: float) -> str | None:
+    """Why a RUNNING run with these tags has no living owner, or None when it may have one: on this
+    host, its pid is not running (or runs another process, by its start time); elsewhere (or without
+    owner tags, as older alkit wrote) its last heartbeat (else its start) is older than ``stale_after``."""
+    host, pid, started = tags.get(HOST_TAG), tags.get(PID_TAG, ""), tags.get(PID_START_TAG, "")
+    if host == socket.gethostname() and pid.isdigit():
+        now = _process_start(int(pid))
+        alive = _pid_running(int(pid)) and (not started or not now or now == started)
+        return None if alive else f"its process {pid} on {host} is gone"
+    try:
+        beat = float(tags[HEARTBEAT_TAG])
+    except (KeyError, ValueError):
+        beat = (start_time_ms or 0) / 1000
+    age = time.time() - beat
+    if age > stale_after:
+        return f"no heartbeat for {age / 3600:.1f} h (owner {pid or '?'} on {host or 'an unknown host'})"
+    return None
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
+
+
+def _stale_after(value: float | None) -> float:
+    if value is not None:
+        return float(value)
+    env = os.environ.get("ALKIT_HEARTBEAT_TIMEOUT")
+    try:
+        return float(env) if env else DEFAULT_STALE_AFTER
+    except ValueError:
+        raise AlkitError(f"ALKIT_HEARTBEAT_TIMEOUT must be a number of seconds, got {env!r}") from None
+
+
 class RunHandle:
     """One MLflow run that is being recorded; hand it to the code that produces metrics and files."""
 
@@ -193,6 +426,11 @@ class RunHandle:
         entries = [Metric(str(k), float(v), now, int(step)) for k, v in metrics.items() if v is not None]
         for i in range(0, len(entries), _METRIC_BATCH):
             self.client.log_batch(self.run_id, metrics=entries[i:i + _METRIC_BATCH])
+        self.heartbeat()
+
+    def heartbeat(self) -> None:
+        """Say that the run's owner is alive (tag ``alkit.heartbeat``; see the module doc on phantoms)."""
+        self.client.set_tag(self.run_id, HEARTBEAT_TAG, f"{time.time():.0f}")
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Params: nested mappings flattened to dotted keys, values as text cut to MLflow's limit.
@@ -225,12 +463,39 @@ class RunHandle:
         """``text`` as an artefact file ``name`` (e.g. ``summary.md``)."""
         self.client.log_text(self.run_id, text, name)
 
+    def log_table(self, rows: list[dict[str, Any]], name: str) -> None:
+        """``rows`` (one dict per row) as an MLflow table artefact ``name`` (JSON, shown in the UI's
+        artefact view and comparable across runs with ``mlflow.load_table``)."""
+        import pandas as pd
+
+        self.client.log_table(self.run_id, pd.DataFrame(rows), name)
+
+    def log_dataset(self, name: str, rows: list[dict[str, Any]], *, context: str, digest: str | None = None,
+                    source: str | None = None) -> None:
+        """A dataset as a run input (``mlflow.data``): ``rows`` as a pandas dataset named ``name`` with
+        ``digest`` (default: MLflow's digest of the rows) and ``source`` (a file or URI it came from;
+        default: the code, with the system tags), tagged ``mlflow.data.context=<context>``."""
+        import mlflow.data
+        import pandas as pd
+        from mlflow.data.code_dataset_source import CodeDatasetSource
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        with warnings.catch_warnings():  # MLflow registers its local-file source twice, then warns it is ambiguous
+            warnings.filterwarnings("ignore", message=r".*can be interpreted in multiple ways.*")
+            dataset = mlflow.data.from_pandas(pd.DataFrame(rows), source=source or CodeDatasetSource(system_tags()),
+                                              name=name, digest=digest)
+        entity = Dataset(**{k: v for k, v in dataset.to_dict().items()
+                            if k in ("name", "digest", "source_type", "source", "schema", "profile")})
+        self.client.log_inputs(self.run_id, [DatasetInput(entity, [InputTag(MLFLOW_DATASET_CONTEXT, context)])])
+
     def lightning_logger(self, prefix: str = "") -> MLFlowLogger:
         """A Lightning ``MLFlowLogger`` that writes training curves into this run (same tracking URI).
 
         The logger never ends the run (the :class:`Tracker` does) and does not change MLflow's global
         tracking URI. Metric steps are Lightning's global steps, which restart with every ``fit``: give
-        each fit its own ``prefix`` (e.g. ``"cycle2"`` -> ``cycle2-train_loss``) to keep curves apart.
+        each fit its own ``prefix`` (e.g. ``"cycle2"`` -> ``cycle2-train_loss``) to keep curves apart;
+        ``logger.prefix`` may be changed between fits.
         """
         run = self.client.get_run(self.run_id)
         logger = _run_logger_class()(experiment_name=self.experiment_name, tracking_uri=self.tracking_uri,
@@ -250,6 +515,15 @@ def _run_logger_class() -> type:
     class RunLogger(MLFlowLogger):
         """Bound to an existing run; the run's owner, not Lightning, decides when it ends."""
 
+        @property
+        def prefix(self) -> str:
+            """What every metric name starts with (joined by ``-``); set it before each fit."""
+            return self._prefix
+
+        @prefix.setter
+        def prefix(self, value: str) -> None:
+            self._prefix = value
+
         def finalize(self, status: str = "success") -> None:
             checkpoints = getattr(self, "_checkpoint_callback", None)
             if checkpoints is not None:  # log_model=True: upload the best checkpoints, as upstream does
@@ -262,10 +536,16 @@ class Tracker:
     """The runs of one study (an MLflow experiment, created when missing) in one tracking store."""
 
     def __init__(self, experiment: str, tracking_uri: str | None = None,
-                 artifact_location: str | None = None) -> None:
+                 artifact_location: str | None = None, stale_after: float | None = None) -> None:
+        """``stale_after``: seconds without a heartbeat after which another host's RUNNING run is
+        abandoned (default ``$ALKIT_HEARTBEAT_TIMEOUT``, else :data:`DEFAULT_STALE_AFTER`)."""
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
+        self.stale_after = _stale_after(stale_after)
         if self.tracking_uri.startswith(("http://", "https://")):
             _check_server(self.tracking_uri)
+        db = _sqlite_path(self.tracking_uri)
+        if db is not None:
+            ensure_sqlite_store(db)
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
         self.experiment_name = experiment
         found = self.client.get_experiment_by_name(experiment)
@@ -286,10 +566,12 @@ class Tracker:
                                  "(mlflow experiments restore) or delete it for good (mlflow gc), or pick another name")
             self.experiment_id = found.experiment_id
 
-    def _search(self, key: Mapping[str, Any], finished_only: bool) -> list:
-        """All active runs whose tags equal ``key`` (newest first), following MLflow's result pages."""
+    def _search(self, key: Mapping[str, Any], finished_only: bool = False, status: str | None = None) -> list:
+        """All active runs whose tags equal ``key`` (newest first), following MLflow's result pages;
+        only FINISHED ones with ``finished_only``, only those of ``status`` if given."""
         wanted = {str(k): str(v) for k, v in key.items()}
-        clauses = ["attributes.status = 'FINISHED'"] if finished_only else []
+        status = "FINISHED" if finished_only else status
+        clauses = [f"attributes.status = '{status}'"] if status else []
         for k, v in wanted.items():
             quoted = _filter_value(v)
             if quoted is not None and "`" not in k:
@@ -310,17 +592,109 @@ class Tracker:
         runs = self._search(key, finished_only=True)
         return runs[0].info.run_id if runs else None
 
+    def location(self, run_id: str | None = None) -> MlflowLocation:
+        """Where this experiment (and run ``run_id``) is, e.g. for the closing hint."""
+        return MlflowLocation(self.tracking_uri, self.experiment_id, run_id)
+
+    def study_run(self, study: str, config_hash: str, params: Mapping[str, Any] | None = None,
+                  tags: Mapping[str, Any] | None = None) -> tuple[RunHandle, bool]:
+        """The parent run of a study (``alkit.role=study``, ``alkit.study``, ``alkit.study_config_hash``):
+        the existing one, found again on resume and by every process that runs a shard of it, else a
+        new RUNNING one with ``params`` and ``tags``. Returns ``(run, created)``.
+
+        Creation is race-tolerant without a lock: after creating its run, a process waits
+        :data:`PARENT_SETTLE_S` (longer than a concurrent creation takes to become visible), searches
+        again and keeps the oldest (by start time, then id); a process whose run is not the oldest
+        deletes it. Should two parents still survive (clocks of two machines far apart, a store slower
+        than the wait), :meth:`merge_study_runs` at the end of every shard moves the runs of the
+        younger ones under the oldest and deletes them, so the study converges to one parent.
+        """
+        key = {ROLE_TAG: "study", STUDY_TAG: study, STUDY_HASH_TAG: config_hash}
+        found = self._search(key)
+        if found:
+            return self._handle(_oldest(found).info.run_id), False
+        all_tags = {**system_tags(), **_tags(tags or {}), **_tags(key), VERSION_TAG: alkit.__version__}
+        mine = self.client.create_run(self.experiment_id, tags=all_tags, run_name=study).info.run_id
+        time.sleep(PARENT_SETTLE_S)  # let a concurrent creation become visible before choosing
+        keep = _oldest(self._search(key)).info.run_id
+        if keep != mine:
+            self.client.delete_run(mine)
+            log.info("another process created the parent run %s of study %r meanwhile; using it", keep, study)
+            return self._handle(keep), False
+        handle = self._handle(mine)
+        handle.log_params({**(params or {}), VERSION_PARAM: alkit.__version__})
+        log.info("MLflow parent run %s of study %r created", mine, study)
+        return handle, True
+
+    def merge_study_runs(self, study: str, config_hash: str, parent: RunHandle) -> RunHandle:
+        """The study's one parent run: where several parents of ``(study, config_hash)`` exist (see
+        :meth:`study_run`), the runs nested under the younger ones move under the oldest, and the
+        younger ones are deleted. Returns the oldest (``parent`` itself in the usual case)."""
+        key = {ROLE_TAG: "study", STUDY_TAG: study, STUDY_HASH_TAG: config_hash}
+        found = self._search(key)
+        if not found:
+            return parent
+        keep = _oldest(found).info.run_id
+        for other in (r.info.run_id for r in found if r.info.run_id != keep):
+            for child in self._search({PARENT_TAG: other}):
+                self.client.set_tag(child.info.run_id, PARENT_TAG, keep)
+            try:
+                self.client.delete_run(other)
+                log.info("study %r: merged the duplicate parent run %s into %s", study, other, keep)
+            except MlflowException:  # deleted meanwhile by another shard doing the same
+                pass
+        return parent if keep == parent.run_id else self._handle(keep)
+
+    def _handle(self, run_id: str) -> RunHandle:
+        return RunHandle(self.client, run_id, self.experiment_name, self.tracking_uri)
+
+    def set_status(self, run_id: str, status: str, error: str | None = None) -> None:
+        """Set a run's status: ``RUNNING`` (again), or a final one (``FINISHED``, ``FAILED``, ``KILLED``,
+        with the end time now and ``error`` in tag ``alkit.error``)."""
+        if error is not None:
+            self.client.set_tag(run_id, ERROR_TAG, _stringify(error, MAX_TAG_VAL_LENGTH, "error"))
+        if status == "RUNNING":
+            self.client.update_run(run_id, status="RUNNING")
+        else:
+            self.client.set_terminated(run_id, status)
+
+    def fail_abandoned(self, key_filter: Mapping[str, str] | None = None) -> list[str]:
+        """Mark FAILED the RUNNING runs matching ``key_filter`` whose owner is gone (see the module doc
+        on phantoms; parent runs are left alone); returns their ids. Runs with a living owner, and
+        runs of other hosts with a recent heartbeat, are not touched."""
+        failed = []
+        for run in self._search(key_filter or {}, status="RUNNING"):
+            if run.data.tags.get(ROLE_TAG) == "study":
+                continue
+            reason = abandoned(run.data.tags, run.info.start_time, self.stale_after)
+            if reason is not None:
+                self._fail_abandoned(run, reason)
+                failed.append(run.info.run_id)
+        return failed
+
+    def _fail_abandoned(self, run, reason: str) -> None:
+        try:
+            beat = int(float(run.data.tags[HEARTBEAT_TAG]) * 1000)
+        except (KeyError, ValueError):
+            beat = run.info.start_time
+        self.client.set_tag(run.info.run_id, ERROR_TAG, f"abandoned while RUNNING: {reason}")
+        self.client.set_terminated(run.info.run_id, "FAILED", end_time=max(beat, run.info.start_time or 0))
+        log.warning("MLflow run %s (%s) was left RUNNING by a crash (%s); marked FAILED", run.info.run_name,
+                    run.info.run_id, reason)
+
     @contextmanager
     def start_run(self, name: str, key: Mapping[str, str], params: Mapping[str, Any],
-                  tags: Mapping[str, str] | None = None) -> Iterator[RunHandle]:
+                  tags: Mapping[str, str] | None = None, parent_run_id: str | None = None) -> Iterator[RunHandle]:
         """Record one run: ``with tracker.start_run(name, key, params) as run: run.log_metrics(...)``.
 
         ``key`` is stored as tags (what :meth:`finished_run` matches) and as params, beside ``params``
         (a param given in both must agree) and the alkit version (param ``alkit_version``, tag
         ``alkit.version``). The run ends FINISHED when the block completes, FAILED when it raises
         (tag ``alkit.error`` holds the exception; it is re-raised), KILLED on Ctrl-C. Earlier runs with
-        the same key that are not FINISHED are left as they are, tagged ``alkit.superseded_by=<new id>``.
-        A ``mlflow.parentRunId`` tag nests the run under another one in the UI.
+        the same key that are not FINISHED are tagged ``alkit.superseded_by=<new id>``; those a crash
+        left RUNNING are marked FAILED first (:meth:`fail_abandoned`), those whose owner still runs
+        are not touched. ``parent_run_id`` nests the run under it (tag ``mlflow.parentRunId``). The run
+        also gets the system tags (:func:`system_tags`) and its owner's (:func:`owner_tags`).
         """
         key = {str(k): str(v) for k, v in key.items()}
         merged = _params(params)
@@ -329,11 +703,22 @@ class Tracker:
                 raise ValueError(f"param {k!r} is {merged[k]!r} but the run key says {v!r}")
             merged[k] = v
         merged[VERSION_PARAM] = alkit.__version__
-        earlier = [r.info.run_id for r in self._search(key, finished_only=False)
-                   if r.info.status != RunStatus.to_string(RunStatus.FINISHED)]
-        all_tags = {**_tags(tags or {}), **_tags(key), VERSION_TAG: alkit.__version__}
+        earlier = []
+        for r in self._search(key, finished_only=False):
+            if r.info.status == RunStatus.to_string(RunStatus.FINISHED) or r.data.tags.get(ROLE_TAG) == "study":
+                continue
+            if r.info.status == RunStatus.to_string(RunStatus.RUNNING):
+                reason = abandoned(r.data.tags, r.info.start_time, self.stale_after)
+                if reason is None:
+                    continue  # another process is working on it: its business
+                self._fail_abandoned(r, reason)
+            earlier.append(r.info.run_id)
+        all_tags = {**system_tags(), **_tags(tags or {}), **_tags(key), VERSION_TAG: alkit.__version__,
+                    **owner_tags()}
+        if parent_run_id:
+            all_tags[PARENT_TAG] = parent_run_id
         run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=name)
-        handle = RunHandle(self.client, run.info.run_id, self.experiment_name, self.tracking_uri)
+        handle = self._handle(run.info.run_id)
         log.info("MLflow run %s (%s) started in experiment %r", name, handle.run_id, self.experiment_name)
         try:
             for old in earlier:
@@ -382,4 +767,30 @@ class Tracker:
         return result
 
 
-__all__ = ["DEFAULT_TRACKING_URI", "RunHandle", "Tracker", "config_hash", "resolve_tracking_uri"]
+def _oldest(runs: list):
+    return min(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+
+
+@dataclasses.dataclass(frozen=True)
+class MlflowLocation:
+    """Where a study is in MLflow: the tracking URI, the experiment and (optionally) a run."""
+
+    tracking_uri: str
+    experiment_id: str
+    run_id: str | None = None
+
+    @property
+    def is_server(self) -> bool:
+        """Whether the store is a tracking server (``http(s)://``) rather than a local file."""
+        return self.tracking_uri.startswith(("http://", "https://"))
+
+    def ui_url(self, base: str | None = None) -> str:
+        """The MLflow UI's page of the run (else the experiment), on the server or on ``base``
+        (where ``mlflow ui`` serves a local store; default http://127.0.0.1:5000)."""
+        root = (self.tracking_uri if self.is_server else base or "http://127.0.0.1:5000").rstrip("/")
+        page = f"{root}/#/experiments/{self.experiment_id}"
+        return f"{page}/runs/{self.run_id}" if self.run_id else page
+
+
+__all__ = ["DEFAULT_TRACKING_URI", "MlflowLocation", "RunHandle", "Tracker", "config_hash", "ensure_sqlite_store",
+           "resolve_tracking_uri", "system_tags"]

@@ -3,8 +3,9 @@ early-stopping callback that keeps the best weights in memory, and the device in
 
 The patch classifier (:mod:`alkit.tasks.segmentation.classifier`) and the mitosis detector
 (:mod:`alkit.tasks.detection.detector`) build a fresh model and ``Trainer`` every fit inside
-:func:`rng_scope` and :func:`quiet`; :data:`LIGHTNING_LOGGERS` is also what the CLI sets to its own
-verbosity.
+:func:`rng_scope` and :func:`quiet`, and log per-epoch curves to the Lightning logger they are
+given (:class:`EpochMeanLoss` where a model logs its loss per step); :data:`LIGHTNING_LOGGERS` is
+also what the CLI sets to its own verbosity.
 """
 
 from __future__ import annotations
@@ -79,6 +80,27 @@ class EarlyStopping(Callback):
             self.wait += 1
             if self.wait >= self.patience:
                 trainer.should_stop = True
+
+
+class EpochMeanLoss(Callback):
+    """Logs the mean training loss of every epoch as ``name`` (for models that log their loss per
+    step only), so a logger such as MLflow gets one point per epoch: the fit's training curve."""
+
+    def __init__(self, name: str = "train_loss_epoch") -> None:
+        self.name, self._sum, self._n = name, 0.0, 0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._sum, self._n = 0.0, 0
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is not None:
+            self._sum, self._n = self._sum + float(loss.detach() if torch.is_tensor(loss) else loss), self._n + 1
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._n:
+            pl_module.log(self.name, self._sum / self._n, on_step=False, on_epoch=True)
 
 
 def inference_device(accelerator: str) -> torch.device:

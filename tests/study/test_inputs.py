@@ -115,3 +115,30 @@ def test_stores_are_keyed_by_slide_content(synthetic_cohort, tmp_path):
     assert embedder.cache_hits == 1 and embedder.forward_passes == 2
     assert first["train"] != input_digests(second)["train"]
     assert input_digests(second) == input_digests(Cohort.from_stores([second.slides[0].store_path]))
+
+
+def test_run_key_covers_the_resolved_config_and_the_inputs(synthetic_cohort, tmp_path):
+    from alkit.study.run import study_digest
+
+    root = Path(synthetic_cohort.root)
+
+    def config(folder: str, **changes):
+        path = _study(root, tmp_path / folder)
+        raw = yaml.safe_load(path.read_text())
+        for key, value in changes.items():
+            section, name = key.split(".")
+            if value is None:
+                raw[section].pop(name)
+            else:
+                raw[section][name] = value
+        path.write_text(yaml.safe_dump(raw))
+        return load_config(path)
+
+    inputs = {"train": {"synth_000": "aaaa"}}
+    base = config("a", **{"loop.cycles": 3})
+    implicit = config("a", **{"loop.cycles": None})  # the same, with loop.cycles left to its default (3)
+    assert implicit.resolved["loop"]["cycles"] == 3  # the default, spelled out
+    assert study_digest(base, inputs) == study_digest(implicit, inputs)
+    assert study_digest(config("a", **{"loop.cycles": 2}), inputs) != study_digest(base, inputs)
+    assert study_digest(config("a", **{"task.max_epochs": 31}), inputs) != study_digest(base, inputs)
+    assert study_digest(base, {"train": {"synth_000": "bbbb"}}) != study_digest(base, inputs)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from alkit.cli import main
+from alkit.cli import _print_summary, main
 from alkit.embeddings.cohort import Cohort, CohortSlide
 from alkit.study.config import ConfigError, load_config
 from alkit.study.run import OVERLAP_TAG, evaluation_overlap, run_study
@@ -118,11 +119,44 @@ def test_comparison_is_tracked_resumable_and_summarised(demo_study, tmp_path):
         assert {"cycle_0", "pool", "config.json"} <= artefacts and ("cycle_1" in artefacts) != full
         cycle0 = {a.path for a in MlflowClient(uri).list_artifacts(r["run_id"], "cycle_0")}
         assert {"cycle_0/regions.json", "cycle_0/qupath", "cycle_0/png"} <= cycle0
+    client = MlflowClient(uri)
+    parent = client.get_run(runs.mlflow.run_id)  # one parent run per study, the grid nested under it
+    assert parent.data.tags["alkit.role"] == "study" and parent.data.tags["alkit.study"] == config.study
+    assert parent.info.status == "FINISHED" and parent.data.params["strategies"] == json.dumps(config.strategies)
+    for r in runs:
+        assert r["tags"]["mlflow.parentRunId"] == parent.info.run_id
+        assert {"mlflow.user", "mlflow.source.name", "mlflow.source.type", "alkit.host", "alkit.pid",
+                "alkit.heartbeat"} <= set(r["tags"])
+        inputs = {d.dataset.name: d for d in client.get_run(r["run_id"]).inputs.dataset_inputs}
+        assert {"train_slides", "test_slides"} <= set(inputs) and ("prototypes" in inputs) == \
+            (r["params"]["strategy"] == "prototype")
+        rows = json.loads(inputs["train_slides"].dataset.profile)["num_rows"]
+        assert rows == len(config.slides) and inputs["test_slides"].tags[0].value == "testing"
+        # per-epoch training curves of every fit (cycle k: the model trained on cycles <= k)
+        for cycle in ([0] if r["params"]["strategy"] == "full" else [0, 1]):
+            curve = client.get_metric_history(r["run_id"], f"cycle{cycle}-train_loss")
+            assert len(curve) == len({m.step for m in curve}) >= 2, (r["name"], cycle)
+            held_out = dict(r["history"]["train_n_val"])[cycle] > 0  # a validation loss needs held-out cells
+            assert bool(client.get_metric_history(r["run_id"], f"cycle{cycle}-val_loss")) == held_out
+    (proto,) = [r for r in runs if r["params"]["strategy"] == "prototype"]
+    provenance = client.download_artifacts(proto["run_id"], "prototypes/provenance.json", str(tmp_path))
+    classes = json.loads(Path(provenance).read_text())["classes"]
+    assert classes["tumor"]["prototypes"] and {"id", "caption"} <= set(classes["tumor"]["prototypes"][0])
     again = run_study(config, tracking_uri=uri, progress=False)  # finished runs are skipped
     assert sorted(r["run_id"] for r in again) == sorted(r["run_id"] for r in runs)
+    assert again.mlflow.run_id == parent.info.run_id  # the same parent on resume
     experiment = MlflowClient(uri).get_experiment_by_name(config.study)
-    assert len(MlflowClient(uri).search_runs([experiment.experiment_id])) == 4
-    summary = summarise_study(runs, tmp_path / "summary")
+    assert len(MlflowClient(uri).search_runs([experiment.experiment_id])) == 4 + 1
+    summary = summarise_study(again, tmp_path / "summary")
+    summarise_study(again, tmp_path / "summary")  # a second summary replaces the first on the parent
+    on_parent = {a.path for a in client.list_artifacts(parent.info.run_id, "summary")}
+    assert {"summary/summary.csv", "summary/summary.md", "summary/al_curves_l1024.png"} <= on_parent
+    logged = json.loads(client.get_run(parent.info.run_id).data.tags["mlflow.loggedArtifacts"])
+    assert {"path": "summary_table.json", "type": "table"} in logged  # an MLflow table (log_table)
+    table = json.loads(Path(client.download_artifacts(parent.info.run_id, "summary_table.json",
+                                                      str(tmp_path))).read_text())
+    strategies = [row[table["columns"].index("strategy")] for row in table["data"]]
+    assert len(strategies) == 3 * 2 + 1 and set(strategies) == {"random", "diversity", "prototype", "full"}
     table = summary["markdown"].read_text()
     assert table.count("\n") == 2 + 3 * 2 + 1  # header, rule, 3 strategies x 2 cycles, full at cycle 0
     assert "| full | 0 | 0 | 0 | 1 |" in table and "iou_tumour_of_full" in table.splitlines()[0]
@@ -193,13 +227,14 @@ def test_demo_quick_runs_from_the_command_line(tmp_path, capsys, monkeypatch):
     assert "4 runs of" in out and "| prototype | 1 | 1024 | 0 |" in out and "| full | 0 | 0 | 0 |" in out
     assert "(mitotic-figure detection)" in out and "annotated_mitoses_ratio" in out
     assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db" in out
+    assert "then open http://127.0.0.1:5000/#/experiments/" in out and "in a browser" not in out
     assert (tmp_path / "mlflow.db").exists() and (tmp_path / "demo" / "results" / "summary.csv").exists()
     assert (tmp_path / "demo" / "results-mitosis" / "mitoses_vs_tissue.png").exists()
     assert (tmp_path / "demo" / "results" / "iou_tumour_vs_tissue_cycle0.png").exists()
     assert (tmp_path / "demo" / "results-mitosis" / "f1_vs_tissue_cycle0.png").exists()
 
 
-def test_comparison_against_a_real_tracking_server(demo_study, tmp_path):
+def test_comparison_against_a_real_tracking_server(demo_study, tmp_path, capsys):
     from mlflow_setup.server import start_server, stop_server
 
     info = start_server(tmp_path / "server", port=0, timeout=90)
@@ -208,13 +243,33 @@ def test_comparison_against_a_real_tracking_server(demo_study, tmp_path):
         config.strategies = ["random"]
         runs = run_study(config, tracking_uri=info.uri, progress=False)
         client = MlflowClient(info.uri)
-        found = client.search_runs([client.get_experiment_by_name(config.study).experiment_id])
+        experiment = client.get_experiment_by_name(config.study).experiment_id
+        found = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{runs.mlflow.run_id}'")
         assert [r.info.run_id for r in found] == [runs[0]["run_id"]]
         assert found[0].info.status == "FINISHED" and found[0].data.params["strategy"] == "random"
         assert len(client.get_metric_history(found[0].info.run_id, "iou_tumour")) == 2
+        summary = summarise_study(runs, tmp_path / "summary")  # on the server: teammates see it
+        assert "summary/summary.md" in {a.path for a in client.list_artifacts(runs.mlflow.run_id, "summary")}
+        _print_summary(summary, info.uri)
+        hint = capsys.readouterr().out.splitlines()[-1]
+        assert hint == f"MLflow UI:     open {info.uri}/#/experiments/{experiment}/runs/{runs.mlflow.run_id} in a browser"
     finally:
         stop_server(info)
     assert not os.path.exists(tmp_path / "server" / "server.pid")
+
+
+def test_shards_of_a_study_share_one_parent_finished_with_the_grid(demo_study, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = load_config(demo_study)
+    config.strategies, config.cycles = ["random", "full"], 1
+    first = run_study(config, tracking_uri=uri, progress=False, shard=(1, 2))
+    client = MlflowClient(uri)
+    assert [r["params"]["strategy"] for r in first] == ["random"]
+    assert client.get_run(first.mlflow.run_id).info.status == "RUNNING"  # half the grid is done
+    second = run_study(config, tracking_uri=uri, progress=False, shard=(2, 2))
+    assert second.mlflow.run_id == first.mlflow.run_id and len(second) == 2
+    assert {r["tags"]["mlflow.parentRunId"] for r in second} == {first.mlflow.run_id}
+    assert client.get_run(first.mlflow.run_id).info.status == "FINISHED"
 
 
 def test_shipped_configs_are_well_formed():
@@ -312,12 +367,15 @@ def test_detection_study_is_tracked_and_summarised(detection_study, synthetic_co
         metrics = pool["cycle_metrics"]["0"]
         test_ids = [Path(p).stem for p in config.test_slides]
         assert {f"f1_per_slide.{s}" for s in test_ids} <= set(r["history"])  # per-slide F1 in MLflow too
+        (point,) = r["history"]["cycle0-train_loss_epoch"]  # the detector's curve: max_epochs 1, one point
+        assert math.isfinite(point[1]) and r["history"]["cycle0-train_loss"]  # and its per-step losses
         assert metrics["threshold_chosen_on"] == "labeled regions"
         test = Cohort.from_stores(sorted(Path(config.embedding["out"]).glob("*_64px_s64.h5")))
         scored = sum(on_tissue_count(s, oracle.mitoses(s.slide_id)) for s in test
                      if s.slide_id in {Path(p).stem for p in config.test_slides})
         assert metrics["tp"] + metrics["fn"] == scored
-    prototypes = PrototypeSet.load(config.out / "prototypes")
+    (built,) = (config.out / "prototypes").glob("*/prototypes.json")  # <out>/prototypes/<cache key>/
+    prototypes = PrototypeSet.load(built.parent)
     assert list(prototypes.classes) == ["mitotic figure"]
     assert prototypes.preprocessing["mode"] == "resize" and prototypes.preprocessing["size"] == 64
     summary = summarise_study(runs, tmp_path / "summary")

@@ -4,9 +4,15 @@ failure states, resumability lookups, summaries, and Lightning training curves i
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
+import signal
 import socket
+import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -16,8 +22,9 @@ from mlflow import MlflowClient
 
 import alkit
 from alkit.errors import AlkitError
-from alkit.study.tracking import (DEFAULT_TRACKING_URI, SUPERSEDED_TAG, Tracker, config_hash,
-                            resolve_tracking_uri)
+from alkit.study.tracking import (DEFAULT_TRACKING_URI, ERROR_TAG, HEARTBEAT_TAG, HOST_TAG, PID_START_TAG, PID_TAG,
+                                  SUPERSEDED_TAG, MlflowLocation, Tracker, _complete, _process_start, _schema_state,
+                                  config_hash, resolve_tracking_uri)
 
 
 @pytest.fixture(scope="module")
@@ -217,3 +224,190 @@ def test_config_hash_is_stable_and_canonical():
     assert config_hash({}) == hashlib.sha256(b"{}").hexdigest()[:12]  # the same on every machine
     with pytest.raises(TypeError, match="object"):
         config_hash({"x": object()})
+
+
+# -- MLflow conventions, crash leftovers ----------------------------------------------------------------
+def _python(code: str, *args: str, **kw) -> subprocess.Popen:
+    """A fresh Python running ``code`` (alkit importable, no inherited tracking URI)."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.Popen([sys.executable, "-c", code, *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, **kw)
+
+
+def _wait_for(predicate, timeout: float = 60.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+def _killed_while_creating(db: Path, code: str, appears, delay: float) -> None:
+    """Run ``code`` (which creates the store at ``db``), SIGKILL it ``delay`` s after ``appears()``."""
+    proc = _python(code, f"sqlite:///{db}")
+    try:
+        _wait_for(lambda: appears() or proc.poll() is not None, what="the database file")
+        time.sleep(delay)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+
+def test_a_store_whose_creation_was_killed_is_rebuilt(tmp_path, caplog):
+    """MLflow itself, killed while creating ``mlflow.db``, leaves a file every later run fails on; the
+    tracker rebuilds it (it holds no run) instead of failing."""
+    plain = "import sys; from mlflow import MlflowClient; MlflowClient(sys.argv[1]).search_experiments()"
+    for attempt, delay in enumerate((0.5, 1.0, 0.2, 2.0, 3.0)):
+        db = tmp_path / f"plain{attempt}.db"
+        _killed_while_creating(db, plain, db.exists, delay)
+        if not db.exists() or _complete(_schema_state(db)):
+            continue
+        broken = subprocess.run([sys.executable, "-c", plain, f"sqlite:///{db}"], capture_output=True, text=True)
+        if broken.returncode != 0:
+            assert "OperationalError" in broken.stderr  # the reported failure, reproduced
+            break
+    else:
+        pytest.skip("no kill left MLflow's store broken (machine too fast or too slow for these delays)")
+    with caplog.at_level(logging.WARNING, logger="alkit.study.tracking"):
+        tracker = Tracker("after-crash", tracking_uri=f"sqlite:///{db}")
+    assert "half-made" in caplog.text and _complete(_schema_state(db))
+    with tracker.start_run("r", {"seed": "0"}, {}) as run:
+        run.log_metrics({"m": 1.0}, step=0)
+    assert tracker.finished_run({"seed": "0"}) == run.run_id
+
+
+def test_killing_alkit_while_it_creates_the_store_leaves_no_half_store(tmp_path):
+    """alkit builds the store in a temporary file and links it into place: killed at any moment, the
+    target is absent or complete, and the next tracker just works (and removes the leftovers)."""
+    code = "import sys; from alkit.study.tracking import Tracker; Tracker('x', sys.argv[1])"
+    for i, delay in enumerate((0.0, 0.2, 0.6, 1.2, 3.0)):
+        folder = tmp_path / f"k{i}"
+        folder.mkdir()
+        db = folder / "mlflow.db"
+        _killed_while_creating(db, code, lambda: any(folder.iterdir()), delay)
+        assert not db.exists() or _complete(_schema_state(db)), delay
+        tracker = Tracker("x", tracking_uri=f"sqlite:///{db}")
+        with tracker.start_run("r", {"seed": "0"}, {}):
+            pass
+        assert _complete(_schema_state(db)) and tracker.finished_run({"seed": "0"})
+        assert [p.name for p in folder.iterdir() if p.name != "mlruns"] == ["mlflow.db"], delay  # no temp files
+
+
+def test_a_half_migrated_store_with_runs_is_refused(tmp_path):
+    db = tmp_path / "mlflow.db"
+    tracker = Tracker("x", tracking_uri=f"sqlite:///{db}")
+    with tracker.start_run("r", {"seed": "0"}, {}):
+        pass
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE _alembic_tmp_experiments (x INTEGER)")  # what a killed migration leaves
+    con.commit()
+    con.close()
+    with pytest.raises(AlkitError, match="mlflow.db: an interrupted schema migration"):
+        Tracker("x", tracking_uri=f"sqlite:///{db}")
+
+
+def test_runs_a_crash_left_running_are_failed_live_ones_kept(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker("phantoms", tracking_uri=uri, stale_after=3600)
+    client = MlflowClient(uri)
+    # a real crash: a process starts the run, then is killed with SIGKILL
+    proc = _python("import sys, time\nfrom alkit.study.tracking import Tracker\n"
+                   "with Tracker('phantoms', sys.argv[1]).start_run('p', {'k': 'dead'}, {}) as run:\n"
+                   "    print(run.run_id, flush=True); time.sleep(600)\n", uri)
+    dead = proc.stdout.readline().strip()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert client.get_run(dead).info.status == "RUNNING"  # the phantom
+    sleeper = subprocess.Popen(["sleep", "600"])  # a living owner on this host
+    try:
+        def running(key: str, **tags: str) -> str:
+            return client.create_run(tracker.experiment_id, tags={"k": key, **tags}).info.run_id
+
+        live = running("live", **{HOST_TAG: socket.gethostname(), PID_TAG: str(sleeper.pid),
+                                  PID_START_TAG: _process_start(sleeper.pid)})
+        reused = running("reused", **{HOST_TAG: socket.gethostname(), PID_TAG: str(sleeper.pid),
+                                      PID_START_TAG: "1"})  # the pid now belongs to another process
+        beat = time.time()
+        away_old = running("away-old", **{HOST_TAG: "elsewhere", PID_TAG: "1", HEARTBEAT_TAG: f"{beat - 7200:.0f}"})
+        away_new = running("away-new", **{HOST_TAG: "elsewhere", PID_TAG: "1", HEARTBEAT_TAG: f"{beat - 60:.0f}"})
+        with tracker.start_run("p", {"k": "dead"}, {}) as run:  # the resumed run of the crashed key
+            pass
+        gone = client.get_run(dead)
+        assert gone.info.status == "FAILED" and "abandoned while RUNNING" in gone.data.tags[ERROR_TAG]
+        assert gone.data.tags[SUPERSEDED_TAG] == run.run_id and gone.info.end_time >= gone.info.start_time
+        assert sorted(tracker.fail_abandoned()) == sorted([reused, away_old])
+        assert client.get_run(live).info.status == "RUNNING" and client.get_run(away_new).info.status == "RUNNING"
+        assert "no heartbeat for 2.0 h" in client.get_run(away_old).data.tags[ERROR_TAG]
+        with tracker.start_run("p", {"k": "live"}, {}):
+            pass
+        assert client.get_run(live).info.status == "RUNNING" and SUPERSEDED_TAG not in client.get_run(live).data.tags
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert tracker.fail_abandoned() == [live]  # its owner has ended meanwhile
+
+
+def test_runs_carry_system_and_owner_tags(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)  # no git repository: no commit tag, no error
+    with Tracker("tags", tracking_uri=uri).start_run("r", {"seed": "0"}, {}) as run:
+        run.log_metrics({"m": 1.0}, step=0)
+    tags = MlflowClient(uri).get_run(run.run_id).data.tags
+    assert tags["mlflow.user"] and tags["mlflow.source.type"] == "LOCAL" and "mlflow.source.name" in tags
+    assert "mlflow.source.git.commit" not in tags
+    assert tags[HOST_TAG] == socket.gethostname() and tags[PID_TAG] == str(os.getpid())
+    assert abs(float(tags[HEARTBEAT_TAG]) - time.time()) < 120
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    subprocess.run([*git[:3], "init", "-q"], check=True)
+    (repo / "study.yaml").write_text("study: x\n")
+    subprocess.run([*git, "add", "study.yaml"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "study"], check=True)
+    commit = subprocess.run([*git[:3], "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    monkeypatch.chdir(repo)
+    with Tracker("tags", tracking_uri=uri).start_run("r", {"seed": "1"}, {}) as run:
+        pass
+    assert MlflowClient(uri).get_run(run.run_id).data.tags["mlflow.source.git.commit"] == commit
+
+
+def test_one_parent_run_per_study_even_when_processes_race(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker("race", tracking_uri=uri)  # the store and experiment exist before the race
+    start = time.time() + 8  # every process calls study_run at this moment
+    code = ("import sys, time\nfrom alkit.study.tracking import Tracker\nt = Tracker('race', sys.argv[1])\n"
+            "time.sleep(max(0, float(sys.argv[2]) - time.time()))\n"
+            "run, created = t.study_run('race', 'abc')\nprint(run.run_id, created, flush=True)\n")
+    procs = [_python(code, uri, str(start)) for _ in range(3)]
+    answers = [p.communicate(timeout=120)[0].split() for p in procs]
+    assert len({a[0] for a in answers}) == 1, answers  # one parent, whoever created it
+    parents = MlflowClient(uri).search_runs([tracker.experiment_id], "tags.`alkit.role` = 'study'")
+    assert [r.info.run_id for r in parents] == [answers[0][0]]
+    again, created = tracker.study_run("race", "abc")
+    assert again.run_id == answers[0][0] and not created
+    other, created = tracker.study_run("race", "def")  # another config of the study: another parent
+    assert created and other.run_id != again.run_id
+
+
+def test_mlflow_location_links_to_the_ui():
+    local = MlflowLocation("sqlite:////x/mlflow.db", "3", "abc")
+    assert not local.is_server and local.ui_url() == "http://127.0.0.1:5000/#/experiments/3/runs/abc"
+    server = MlflowLocation("http://10.0.0.2:5000/", "3")
+    assert server.is_server and server.ui_url() == "http://10.0.0.2:5000/#/experiments/3"
+
+
+def test_duplicate_parent_runs_are_merged_into_the_oldest(tmp_path):
+    """Should a race leave two parents of one study, the runs of the younger move under the oldest."""
+    from alkit.study.tracking import PARENT_TAG, ROLE_TAG, STUDY_HASH_TAG, STUDY_TAG
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker("merge", tracking_uri=uri)
+    key = {ROLE_TAG: "study", STUDY_TAG: "merge", STUDY_HASH_TAG: "abc"}
+    older = tracker.client.create_run(tracker.experiment_id, tags=key, start_time=1_000).info.run_id
+    younger = tracker.client.create_run(tracker.experiment_id, tags=key, start_time=2_000).info.run_id
+    child = tracker.client.create_run(tracker.experiment_id, tags={PARENT_TAG: younger}).info.run_id
+    kept = tracker.merge_study_runs("merge", "abc", tracker._handle(younger))
+    assert kept.run_id == older
+    assert tracker.client.get_run(child).data.tags[PARENT_TAG] == older
+    assert tracker.client.get_run(younger).info.lifecycle_stage == "deleted"
+    assert tracker.merge_study_runs("merge", "abc", kept).run_id == older  # nothing left to merge

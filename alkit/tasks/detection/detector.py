@@ -60,7 +60,7 @@ from alkit.tasks.detection.metrics import points_in_boxes
 from alkit.tasks.detection.network import MitosisDetectorNet, build_retinanet, to_float
 from alkit.tasks.detection.patches import DetectionPatchDataset, PatchSampler, collate, default_detection_augmentation
 from alkit.tasks.detection.tiling import merge_detections, tile_origins
-from alkit.tasks.training import inference_device, quiet, rng_scope
+from alkit.tasks.training import EpochMeanLoss, inference_device, quiet, rng_scope
 from alkit.wsi.slide import Slide
 
 log = logging.getLogger(__name__)
@@ -142,9 +142,11 @@ class MitosisDetectorModel:
             module = MitosisDetectorNet(self._new_model(), self.lr, self.weight_decay)
             loader = DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, collate_fn=collate,
                                 num_workers=self.num_workers, persistent_workers=False)
+            curves = [EpochMeanLoss()] if self.logger not in (None, False) else []  # one loss point per epoch
             self.trainer = trainer = pl.Trainer(
                 accelerator=self.accelerator, devices=1, precision=self.precision, max_epochs=self.max_epochs,
-                logger=self.logger if self.logger is not None else False, callbacks=list(self.callbacks),
+                logger=self.logger if self.logger is not None else False,
+                callbacks=[*self.callbacks, *curves],
                 enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=self.progress,
                 num_sanity_val_steps=0, limit_val_batches=0, deterministic=self.deterministic,
                 log_every_n_steps=max(1, min(50, len(loader))), use_distributed_sampler=False)

@@ -65,7 +65,8 @@ def visible(paths: Iterable[str | os.PathLike]) -> list[Path]:
     return [Path(p) for p in paths if not is_hidden(p)]
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (ours, or another user's, counts as running)."""
     if pid == os.getpid():
         return True
     try:
@@ -89,7 +90,7 @@ def remove_stale_temps(folder: str | os.PathLike, suffix: str | None = None) -> 
         m = TEMP_NAME.match(entry.name)
         if not m or (suffix is not None and m.group("suffix") != suffix) or not entry.is_file():
             continue
-        if _process_alive(int(m.group("pid"))):
+        if process_alive(int(m.group("pid"))):
             continue
         try:
             entry.unlink()

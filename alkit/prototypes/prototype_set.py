@@ -16,7 +16,6 @@ atomically; :meth:`PrototypeSet.load` checks that they belong together.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from alkit import __version__
+from alkit.digests import files_sha256
 from alkit.jsonfile import read_json
 from alkit.atomic import atomic_path, atomic_write_text
 from alkit.captions.database import CaptionDB
@@ -162,7 +162,7 @@ class PrototypeSet:
         with atomic_path(folder / NPZ_NAME) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(fh, **arrays)
-            digest = _sha256(tmp)
+            digest = files_sha256(tmp)
         doc = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "alkit_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -195,7 +195,7 @@ class PrototypeSet:
                                  f"understands ({FORMAT_VERSION}); upgrade alkit")
         if not npath.is_file():
             raise PrototypeError(f"{folder}: {NPZ_NAME} is missing")
-        if doc.get("npz", {}).get("sha256") not in (None, _sha256(npath)):
+        if doc.get("npz", {}).get("sha256") not in (None, files_sha256(npath)):
             raise PrototypeError(f"{npath}: does not belong to {jpath} (sha256 differs); were the files copied "
                                  "from different builds?")
         try:
@@ -213,14 +213,6 @@ class PrototypeSet:
                                                            "encoder", "preprocessing", "npz", "classes"}}
         return cls(enc["name"], int(enc["dim"]), enc.get("weights_id", ""), classes, doc.get("preprocessing", {}),
                    meta)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------- building

@@ -17,7 +17,6 @@ Paths are resolved against the config file's folder.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import os
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from alkit.prototypes.build import ClassQuery
 from alkit.prototypes.prototype_set import PrototypeError
 from alkit.selection.regions import SELECTOR_OPTIONS, check_selector_options
 from alkit.selection.strategy import ENTRY_POINT_GROUP as STRATEGIES, StrategyError, available_strategies, get_strategy
-from alkit.study.schema import StudySchema, describe, keys_of, task_schemas
+from alkit.study.schema import StudySchema, closest, describe, keys_of, task_schemas
 
 KNOWN_KEYS = tuple(keys_of(StudySchema))
 #: parameters the study itself gives these strategies (not ``strategy_params``): the key that sets each
@@ -146,8 +145,8 @@ def _validate(path: Path, schema: type[BaseModel], data: Any, prefix: tuple[str,
 
 
 def _closest(name: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.7)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    close = closest(name, known)
+    return f"; did you mean {close!r}?" if close else ""
 
 
 def _task(spec: StudySchema, raw: dict, path: Path) -> tuple[dict, type[Task], dict]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Mapping
@@ -11,12 +10,13 @@ from typing import Any
 
 from alkit.captions.database import CaptionDB, open_database
 from alkit.captions.search import read_id_list
+from alkit.digests import files_sha256
 from alkit.embeddings.cohort import Cohort
 from alkit.embeddings.embed import EmbedConfig, Embedder
 from alkit.embeddings.encoders import get_encoder
+from alkit.embeddings.store import KEY_ATTRS, read_attrs
 from alkit.prototypes.build import study_prototypes
 from alkit.prototypes.prototype_set import PrototypeSet
-from alkit.embeddings.store import KEY_ATTRS, read_attrs
 from alkit.study.config import StudyConfig
 from alkit.study.tracking import config_hash
 
@@ -70,7 +70,7 @@ def prototype_key_inputs(settings: Mapping[str, Any], encoder: Any, db: CaptionD
     exclude = read_id_list(exclude) if isinstance(exclude, (str, os.PathLike)) else [str(i) for i in exclude]
     crop_inputs = None
     if crops:
-        crop_inputs = {k: (file_digest(v) if k in ("figures", "boxes") else v)
+        crop_inputs = {k: (files_sha256(v)[:16] if k in ("figures", "boxes") else v)
                        for k, v in sorted(dict(settings.get("crops", {})).items())}
     return {
         "format": PROTOTYPE_KEY_VERSION,
@@ -82,15 +82,6 @@ def prototype_key_inputs(settings: Mapping[str, Any], encoder: Any, db: CaptionD
         "encoder": encoder.name,
         "weights_id": getattr(encoder, "weights_id", ""),
     }
-
-
-def file_digest(path: str | os.PathLike) -> str:
-    """The first 16 hex digits of a file's SHA-256."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 def store_digest(attrs: Mapping[str, Any]) -> str:

@@ -284,12 +284,18 @@ def _number_hint(errors: Sequence[Mapping[str, Any]]) -> str:
     return ""
 
 
+def closest(name: str, known: list[str] | tuple[str, ...]) -> str | None:
+    """The valid name nearest to a misspelt ``name`` (difflib, cutoff 0.7), or None."""
+    found = difflib.get_close_matches(name, list(known), n=1, cutoff=0.7)
+    return found[0] if found else None
+
+
 def _unknown_hints(unknown: list[tuple[str, str, list[str], str]]) -> str:
     """``did you mean 'patch'?`` for each unknown key, else the keys its section knows."""
     hints = []
     for dotted, key, known, parent in unknown:
-        close = difflib.get_close_matches(key, known, n=1, cutoff=0.7)
-        hint = (f"did you mean {close[0]!r}?" if close else
+        close = closest(key, known)
+        hint = (f"did you mean {close!r}?" if close else
                 f"{f'key {parent!r}' if parent else 'the study config'} knows {', '.join(sorted(known))}")
         hints.append(hint if len(unknown) == 1 else f"{dotted!r}: {hint}")
     return "; ".join(hints)

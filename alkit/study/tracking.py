@@ -19,7 +19,7 @@ filtered out in the UI.
 
 A study is one *parent run* (:meth:`Tracker.study_run`, tags ``alkit.role=study``, ``alkit.study``,
 ``alkit.study_config_hash``) with the grid's runs nested under it (tag ``mlflow.parentRunId``). Every
-run gets the system tags ``mlflow.start_run`` would set (:func:`system_tags`: user, source name and
+run gets the system tags ``mlflow.start_run`` would set (:func:`~alkit.study.run_owner.system_tags`: user, source name and
 type, and the git commit, branch and remote of the working directory when it is in a git repository).
 
 *Phantoms.* A process killed with SIGKILL (or a lost machine) leaves its run RUNNING. Every run
@@ -29,10 +29,10 @@ the epoch, updated whenever the run logs metrics, i.e. every cycle). :meth:`Trac
 marks a RUNNING run FAILED (tag ``alkit.error`` says why, its end time is its last heartbeat) when
 its owner is gone: on this host, when its pid is not running or is another process; on another host
 (which cannot be asked), when its heartbeat is older than ``stale_after`` seconds
-(:data:`DEFAULT_STALE_AFTER`, 24 h, or ``$ALKIT_HEARTBEAT_TIMEOUT``). A run whose owner lives is
+(:data:`~alkit.study.run_owner.DEFAULT_STALE_AFTER`, 24 h, or ``$ALKIT_HEARTBEAT_TIMEOUT``). A run whose owner lives is
 never touched.
 
-*Creating the SQLite store* (:func:`ensure_sqlite_store`) is atomic: MLflow's tables and migrations
+*Creating the SQLite store* (:func:`~alkit.study.sqlite_store.ensure_sqlite_store`) is atomic: MLflow's tables and migrations
 are made in a temporary file beside the target, which is then linked into place. A database that an
 older, interrupted creation left half-made (not at MLflow's schema head) and that holds no run is
 rebuilt.
@@ -47,8 +47,6 @@ import json
 import logging
 import os
 import re
-import socket
-import sqlite3
 import time
 import urllib.error
 import urllib.request
@@ -57,15 +55,16 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 
 import alkit
-from alkit.atomic import remove_stale_temps, temp_name
 from alkit.errors import AlkitError
+from alkit.study.run_owner import HEARTBEAT_TAG, abandoned, owner_tags, stale_after_seconds, system_tags
+from alkit.study.sqlite_store import ensure_sqlite_store
 
 if TYPE_CHECKING:
     from pytorch_lightning.loggers import MLFlowLogger
@@ -83,14 +82,8 @@ PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: nests a run under another in 
 ROLE_TAG = "alkit.role"  # "study" on a study's parent run
 STUDY_TAG = "alkit.study"
 STUDY_HASH_TAG = "alkit.study_config_hash"
-HOST_TAG = "alkit.host"
-PID_TAG = "alkit.pid"
-PID_START_TAG = "alkit.pid_start"
-HEARTBEAT_TAG = "alkit.heartbeat"
 PARENT_SETTLE_S = 1.0
 """Seconds a process that created a study's parent run waits before checking for a concurrent one."""
-DEFAULT_STALE_AFTER = 24 * 3600.0
-"""Seconds without a heartbeat after which a RUNNING run of another host counts as abandoned."""
 
 try:  # MLflow's own limits; the fallbacks are the smallest values older releases used
     from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
@@ -211,203 +204,6 @@ def _check_server(uri: str, timeout: float = 5.0) -> None:
 
 def _is_loopback(uri: str) -> bool:
     return re.match(r"^https?://(127\.|localhost[:/]|localhost$|\[::1\])", uri) is not None
-
-
-# -- the SQLite store ------------------------------------------------------------------------------
-def _schema_state(path: Path) -> tuple[str | None, int, bool]:
-    """``(alembic revision or None, number of runs, whether a migration's temporary tables are left)``
-    of an SQLite file; ``(None, 0, False)`` for one without MLflow's schema (e.g. empty). Opening it
-    also rolls back a transaction that a killed writer left in its journal."""
-    con = sqlite3.connect(f"file:{quote(str(path))}?mode=rw", uri=True, timeout=60)
-    try:
-        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        revision = None
-        if "alembic_version" in tables:
-            row = con.execute("SELECT version_num FROM alembic_version").fetchone()
-            revision = row[0] if row else None
-        runs = con.execute("SELECT COUNT(*) FROM runs").fetchone()[0] if "runs" in tables else 0
-        return revision, int(runs), any(t.startswith("_alembic_tmp") for t in tables)
-    except sqlite3.DatabaseError as exc:
-        raise AlkitError(f"{path}: not a usable MLflow SQLite database ({exc})") from None
-    finally:
-        con.close()
-
-
-@functools.cache
-def _head_revision() -> str | None:
-    """The schema revision this MLflow creates (None if it cannot be told: then any revision is fine)."""
-    try:
-        from mlflow.store.db.utils import _get_latest_schema_revision
-
-        return _get_latest_schema_revision()
-    except Exception:  # pragma: no cover (MLflow moved it)
-        return None
-
-
-def _complete(state: tuple[str | None, int, bool]) -> bool:
-    revision, _, leftovers = state
-    head = _head_revision()
-    return revision is not None and not leftovers and (head is None or revision == head)
-
-
-@contextmanager
-def _folder_lock(folder: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``folder`` itself (no lock file), where the platform has one."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover (Windows: no lock; creation is still atomic)
-        yield
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def _remove_db(path: Path) -> None:
-    for side in (path, Path(f"{path}-journal"), Path(f"{path}-wal"), Path(f"{path}-shm")):
-        side.unlink(missing_ok=True)
-
-
-def ensure_sqlite_store(path: str | os.PathLike) -> Path:
-    """Make sure ``path`` is a complete MLflow SQLite store, creating it atomically when missing.
-
-    MLflow creates its tables and then migrates them in place, so a process killed meanwhile leaves a
-    half-made file on which every later run fails (``table datasets already exists``). Here the store
-    is built in a temporary file beside ``path`` (tables, migrations, MLflow's default experiment with
-    artefacts in ``mlruns/`` beside it) and hard-linked into place: another process sees no file or
-    the whole store, never a part. A file without a schema version that holds no run (what an
-    interrupted creation by an older alkit or by MLflow itself leaves: no schema version, an older one,
-    or a migration's temporary tables) is removed and rebuilt, with a warning; a half-migrated one with
-    runs is refused with a message naming it. Concurrent callers on one machine are
-    serialised by a lock on the folder. Returns ``path``.
-    """
-    path = Path(path).absolute()
-    if path.is_file() and _complete(_schema_state(path)):
-        return path  # the usual case: no lock needed
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _folder_lock(path.parent):
-        for suffix in (path.suffix, f"{path.suffix}-journal"):  # temp files of killed creators
-            remove_stale_temps(path.parent, suffix=suffix or None)
-        if path.exists():
-            state = _schema_state(path)
-            revision, runs, leftovers = state
-            if _complete(state):
-                return path  # made meanwhile by another process
-            if runs:
-                if not leftovers:
-                    return path  # an older schema with runs: MLflow says how to upgrade it
-                raise AlkitError(f"{path}: an interrupted schema migration left this MLflow database half-made "
-                                 f"({runs} run(s) in it); back it up, then run 'mlflow db upgrade sqlite:///{path}'")
-            log.warning("%s: an interrupted creation left this MLflow database half-made (schema %s, no runs); "
-                        "rebuilding it", path, revision or "missing")
-            _remove_db(path)
-        else:
-            _remove_db(path)  # a journal without its database is stale: it must not meet the new one
-        tmp = temp_name(path)
-        try:
-            _build_store(tmp, path.parent / "mlruns")
-            try:
-                os.link(tmp, path)  # never replaces a store that appeared meanwhile
-            except FileExistsError:
-                pass
-            except OSError:  # no hard links on this file system: a rename (the lock keeps alkit out)
-                if not path.exists():
-                    os.replace(tmp, path)
-        finally:
-            _remove_db(tmp)
-        log.info("created the MLflow database %s", path)
-    return path
-
-
-def _build_store(path: Path, artifact_root: Path) -> None:
-    """MLflow's tables, migrations and default experiment in a new SQLite file ``path``."""
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-    store = SqlAlchemyStore(f"sqlite:///{path}", str(artifact_root))
-    store.engine.dispose()
-
-
-# -- system tags and run owners ----------------------------------------------------------------------
-def system_tags() -> dict[str, str]:
-    """The tags ``mlflow.start_run`` sets from the context: ``mlflow.user``, ``mlflow.source.name`` and
-    ``mlflow.source.type`` (MLflow's own context providers, :func:`mlflow.tracking.context.registry.resolve_tags`),
-    and ``mlflow.source.git.commit`` / ``.branch`` / ``.repoURL`` of the *working directory* (where
-    the study's config and data usually live) when it is in a git repository; none outside one."""
-    return dict(_context_tags(os.getcwd()))
-
-
-@functools.cache
-def _context_tags(cwd: str) -> tuple[tuple[str, str], ...]:
-    from mlflow.tracking.context.git_context import GitRunContext
-    from mlflow.tracking.context.registry import resolve_tags
-    from mlflow.utils.git_utils import get_git_branch, get_git_commit, get_git_repo_url
-    from mlflow.utils.mlflow_tags import MLFLOW_GIT_BRANCH, MLFLOW_GIT_COMMIT, MLFLOW_GIT_REPO_URL
-
-    tags = resolve_tags(ignore=[GitRunContext])  # MLflow's git provider looks at sys.argv[0], not the data
-    commit = get_git_commit(cwd)
-    if commit:
-        tags[MLFLOW_GIT_COMMIT] = commit
-        for name, value in ((MLFLOW_GIT_BRANCH, get_git_branch(cwd)), (MLFLOW_GIT_REPO_URL, get_git_repo_url(cwd))):
-            if value:
-                tags[name] = value
-    return tuple(sorted((str(k), str(v)) for k, v in tags.items()))
-
-
-def _process_start(pid: int) -> str:
-    """A process's start time (clock ticks since boot, from ``/proc``), "" where it cannot be read."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[19]  # field 22: starttime (the name may hold spaces)
-    except (OSError, IndexError):
-        return ""
-
-
-def owner_tags() -> dict[str, str]:
-    """The tags that say which process owns a run, and that it is alive now (the heartbeat)."""
-    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()), PID_START_TAG: _process_start(os.getpid()),
-            HEARTBEAT_TAG: f"{time.time():.0f}"}
-
-
-def abandoned(tags: Mapping[str, str], start_time_ms: int | None, stale_after: float) -> str | None:
-    """Why a RUNNING run with these tags has no living owner, or None when it may have one: on this
-    host, its pid is not running (or runs another process, by its start time); elsewhere (or without
-    owner tags, as older alkit wrote) its last heartbeat (else its start) is older than ``stale_after``."""
-    host, pid, started = tags.get(HOST_TAG), tags.get(PID_TAG, ""), tags.get(PID_START_TAG, "")
-    if host == socket.gethostname() and pid.isdigit():
-        now = _process_start(int(pid))
-        alive = _pid_running(int(pid)) and (not started or not now or now == started)
-        return None if alive else f"its process {pid} on {host} is gone"
-    try:
-        beat = float(tags[HEARTBEAT_TAG])
-    except (KeyError, ValueError):
-        beat = (start_time_ms or 0) / 1000
-    age = time.time() - beat
-    if age > stale_after:
-        return f"no heartbeat for {age / 3600:.1f} h (owner {pid or '?'} on {host or 'an unknown host'})"
-    return None
-
-
-def _pid_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # another user's process: alive
-        return True
-    return True
-
-
-def _stale_after(value: float | None) -> float:
-    if value is not None:
-        return float(value)
-    env = os.environ.get("ALKIT_HEARTBEAT_TIMEOUT")
-    try:
-        return float(env) if env else DEFAULT_STALE_AFTER
-    except ValueError:
-        raise AlkitError(f"ALKIT_HEARTBEAT_TIMEOUT must be a number of seconds, got {env!r}") from None
 
 
 class RunHandle:
@@ -538,9 +334,9 @@ class Tracker:
     def __init__(self, experiment: str, tracking_uri: str | None = None,
                  artifact_location: str | None = None, stale_after: float | None = None) -> None:
         """``stale_after``: seconds without a heartbeat after which another host's RUNNING run is
-        abandoned (default ``$ALKIT_HEARTBEAT_TIMEOUT``, else :data:`DEFAULT_STALE_AFTER`)."""
+        abandoned (default ``$ALKIT_HEARTBEAT_TIMEOUT``, else :data:`~alkit.study.run_owner.DEFAULT_STALE_AFTER`)."""
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
-        self.stale_after = _stale_after(stale_after)
+        self.stale_after = stale_after_seconds(stale_after)
         if self.tracking_uri.startswith(("http://", "https://")):
             _check_server(self.tracking_uri)
         db = _sqlite_path(self.tracking_uri)
@@ -792,5 +588,4 @@ class MlflowLocation:
         return f"{page}/runs/{self.run_id}" if self.run_id else page
 
 
-__all__ = ["DEFAULT_TRACKING_URI", "MlflowLocation", "RunHandle", "Tracker", "config_hash", "ensure_sqlite_store",
-           "resolve_tracking_uri", "system_tags"]
+__all__ = ["DEFAULT_TRACKING_URI", "MlflowLocation", "RunHandle", "Tracker", "config_hash", "resolve_tracking_uri"]

@@ -22,9 +22,10 @@ from mlflow import MlflowClient
 
 import alkit
 from alkit.errors import AlkitError
-from alkit.study.tracking import (DEFAULT_TRACKING_URI, ERROR_TAG, HEARTBEAT_TAG, HOST_TAG, PID_START_TAG, PID_TAG,
-                                  SUPERSEDED_TAG, MlflowLocation, Tracker, _complete, _process_start, _schema_state,
-                                  config_hash, resolve_tracking_uri)
+from alkit.study.run_owner import HEARTBEAT_TAG, HOST_TAG, PID_START_TAG, PID_TAG, _process_start
+from alkit.study.sqlite_store import _complete, _schema_state
+from alkit.study.tracking import (DEFAULT_TRACKING_URI, ERROR_TAG, SUPERSEDED_TAG, MlflowLocation, Tracker, config_hash,
+                                  resolve_tracking_uri)
 
 
 @pytest.fixture(scope="module")

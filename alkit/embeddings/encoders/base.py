@@ -8,7 +8,6 @@ data loaders only ship raw uint8 patches and the accelerator does the rest.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import pickle
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from alkit.digests import files_sha256
 from alkit.errors import AlkitError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -132,12 +132,7 @@ def resize_center_crop(x: torch.Tensor, size: int, interpolation: str = "bilinea
 
 def file_weights_id(*paths: Path) -> str:
     """First 16 hex digits of the sha256 of the given files' bytes (in order): a stable weights id."""
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()[:16]
+    return files_sha256(*paths)[:16]
 
 
 def safe_torch_load(path: Path) -> object:

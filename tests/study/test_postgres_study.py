@@ -19,7 +19,8 @@ from mlflow import MlflowClient
 
 from alkit.study.config import load_config
 from alkit.study.run import shard_of, study_grid
-from mlflow_setup.server import PG_FOLDER, find_postgres_bin, start_server, status, stop_server
+from mlflow_setup.postgres import PG_FOLDER, find_postgres_bin
+from mlflow_setup.server import start_server, status, stop_server
 
 REPO = Path(__file__).resolve().parents[2]
 

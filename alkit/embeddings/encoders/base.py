@@ -18,17 +18,13 @@ import torch
 import torch.nn.functional as F
 
 from alkit.digests import files_sha256
-from alkit.errors import AlkitError
+from alkit.embeddings.encoders.error import EncoderError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_MPP = 0.25
 
 ArrayT = TypeVar("ArrayT", torch.Tensor, np.ndarray)
-
-
-class EncoderError(AlkitError, ValueError):
-    """A bad encoder spec, a missing file or an incompatible checkpoint; the message says which and why."""
 
 
 class Encoder(torch.nn.Module):

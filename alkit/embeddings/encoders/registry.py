@@ -9,22 +9,30 @@ Factories register with :func:`register_encoder`; third-party packages can add t
 from __future__ import annotations
 
 import difflib
+import importlib
 import logging
 from collections.abc import Callable
 from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
 
-import torch
+from alkit.embeddings.encoders.error import EncoderError
 
-from alkit.embeddings.encoders.base import Encoder, EncoderError
+if TYPE_CHECKING:
+    import torch
+
+    from alkit.embeddings.encoders.base import Encoder
 
 log = logging.getLogger(__name__)
 
-Factory = Callable[[str | None], Encoder]
+Factory = Callable[[str | None], "Encoder"]
+#: modules whose import registers the built-in factories (imported on first use: they import torch)
+BUILTIN_MODULES = ("handcrafted", "openclip", "plip", "resnet", "timm_family", "foundation")
 ENTRY_POINT_GROUP = "alkit.encoders"
 
 _FACTORIES: dict[str, Factory] = {}
 _FAMILIES: set[str] = set()  # names whose spec is NAME:ARG
 _plugins_loaded = False
+_builtins_loaded = False
 
 
 def register_encoder(name: str, *, family: bool = False) -> Callable[[Factory], Factory]:
@@ -53,8 +61,18 @@ def _identity(factory: Factory) -> tuple[str | None, str | None]:
     return getattr(factory, "__module__", None), getattr(factory, "__qualname__", None)
 
 
+def _load_builtins() -> None:
+    global _builtins_loaded
+    if _builtins_loaded:
+        return
+    _builtins_loaded = True
+    for module in BUILTIN_MODULES:
+        importlib.import_module(f"alkit.embeddings.encoders.{module}")
+
+
 def _load_plugins() -> None:
     global _plugins_loaded
+    _load_builtins()
     if _plugins_loaded:
         return
     _plugins_loaded = True
@@ -94,11 +112,21 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
 
 
 def get_encoder(spec: str, device: str | torch.device = "cpu") -> Encoder:
-    """Build the encoder a spec names, on ``device``, in eval mode."""
+    """Build the encoder a spec names, on ``device``, in eval mode.
+
+    Hub weights that are neither cached nor downloadable fail first, in one line, before torch-heavy
+    modules are imported (:func:`alkit.embeddings.encoders.hub.check_encoder_weights`).
+    """
+    from alkit.embeddings.encoders.hub import check_encoder_weights
+
+    check_encoder_weights(spec)
     name, arg = parse_spec(spec)
     _load_plugins()
     factory = _FACTORIES.get(name)
     if factory is None:
+        from alkit.embeddings.encoders.cards import NOT_BUILT_IN
+        if name.lower() in NOT_BUILT_IN:
+            raise EncoderError(f"encoder {spec!r}: {NOT_BUILT_IN[name.lower()]}")
         close = difflib.get_close_matches(name, list(_FACTORIES), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise EncoderError(f"unknown encoder {spec!r}{hint}; available encoders: {', '.join(available_encoders())}")

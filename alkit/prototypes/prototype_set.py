@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -30,9 +31,12 @@ from alkit import __version__
 from alkit.digests import files_sha256
 from alkit.jsonfile import read_json
 from alkit.atomic import atomic_path, atomic_write_text
-from alkit.captions.database import CaptionDB
-from alkit.captions.images import Box, ImageEmbedder, ImagePrep
 from alkit.errors import AlkitError
+from alkit.wsi.box import Box
+
+if TYPE_CHECKING:  # the image side imports torch: only building a set needs it, not loading one
+    from alkit.captions.database import CaptionDB
+    from alkit.captions.images import ImagePrep
 
 log = logging.getLogger(__name__)
 
@@ -232,14 +236,15 @@ def typicality(embeddings: np.ndarray) -> np.ndarray:
 
 
 def build_prototypes(db: CaptionDB, ids_by_class: Mapping[str, Sequence[str]], encoder, *,
-                     prep: ImagePrep = ImagePrep(), boxes: Mapping[str, Box] | None = None,
+                     prep: ImagePrep | None = None, boxes: Mapping[str, Box] | None = None,
                      queries: Mapping[str, dict] | None = None, skip_missing: bool = False,
                      cache_dir: str | os.PathLike | None = None, use_cache: bool = True, batch_size: int = 32,
                      progress: bool = False) -> PrototypeSet:
     """Embed the images of each class's ids with ``encoder`` into a :class:`PrototypeSet`.
 
-    Images are prepared with ``prep`` (``boxes``: per-id crop boxes). A database without images but
-    with precomputed embeddings (OpenPath) gives those embeddings, if they were made by ``encoder``.
+    Images are prepared with ``prep`` (default ``ImagePrep()``; ``boxes``: per-id crop boxes). A database
+    without images but with precomputed embeddings (OpenPath) gives those embeddings, if they were made by
+    ``encoder``.
     Ids without an image are an error unless ``skip_missing``, which leaves them out with a warning.
     ``queries`` (class -> how its ids were found) goes into the provenance.
     """
@@ -250,7 +255,9 @@ def build_prototypes(db: CaptionDB, ids_by_class: Mapping[str, Sequence[str]], e
     if unknown_boxes:
         raise PrototypeError(f"{len(unknown_boxes)} crop boxes name ids that are not in the caption database "
                              f"{db.name} (e.g. {', '.join(unknown_boxes[:3])})")
-    prep = prep.for_encoder(encoder)
+    from alkit.captions.images import ImageEmbedder, ImagePrep
+
+    prep = (prep or ImagePrep()).for_encoder(encoder)
     precomputed = db.embeddings is not None
     embedder = ImageEmbedder(encoder, prep, cache_dir=cache_dir, use_cache=use_cache, batch_size=batch_size,
                              progress=progress)

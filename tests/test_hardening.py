@@ -103,7 +103,7 @@ def test_select_still_exports_plain_ids_under_their_names(tmp_path):
                  "--out", str(out)]) == 0
     assert {p.name for p in (out / "qupath").iterdir()} == {"slide-A.geojson", "B_2.geojson"}
     assert {p.name for p in (out / "png").iterdir()} == {"slide-A.png", "B_2.png"}
-    regions = json.loads((out / "regions.json").read_text())
+    regions = json.loads((out / "regions.json").read_text())["regions"]
     assert {r["slide"] for r in regions} == {"slide A", "B_2"}  # the ids themselves, unchanged
 
 

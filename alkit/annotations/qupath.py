@@ -16,6 +16,9 @@ Coordinates are level-0 pixels with the origin at the top-left of the full-resol
 - the class is ``properties.classification.name``, or ``names`` joined with ``": "`` (derived
   classes), or a bare string; colours are ``color`` ``[r, g, b]`` or the older packed ``colorRGB``.
 
+The Feature's top-level ``id`` (QuPath ≥ 0.4: the object's UUID) is kept as :attr:`QuPathFeature.uuid`
+and written back; 0.2's Java class names there are not ids.
+
 Geometries become shapely geometries as written (Polygon, MultiPolygon, Point, MultiPoint,
 LineString, GeometryCollection); validity is the caller's business. Features with a ``null``
 geometry are skipped with a warning. Writing is atomic and always uses the ≥ 0.4 layout.
@@ -64,6 +67,7 @@ class QuPathFeature:
     name: str | None = None
     object_type: str = "annotation"
     properties: dict[str, Any] = field(default_factory=dict)
+    uuid: str | None = None  # the Feature's top-level ``id`` (QuPath >= 0.4 keeps an object's UUID there)
 
 
 def _class_name(value: Any) -> str | None:
@@ -124,8 +128,10 @@ def parse_qupath_geojson(data: Any, source: str | os.PathLike = "<geojson>") -> 
             or _JAVA_OBJECT_TYPES.get(str(feat.get("id")), "annotation")
         rest = {k: v for k, v in props.items() if k not in ("objectType", "object_type", "classification", "name")}
         name = props.get("name")
+        fid = feat.get("id")
+        uuid = str(fid) if isinstance(fid, str) and fid not in _JAVA_OBJECT_TYPES else None
         out.append(QuPathFeature(geom, _class_name(props.get("classification")),
-                                 None if name is None else str(name), str(object_type), rest))
+                                 None if name is None else str(name), str(object_type), rest, uuid))
     return out
 
 
@@ -171,7 +177,10 @@ def to_geojson(features: Iterable[QuPathFeature | BaseGeometry | tuple], *, feat
                                        "color": [int(c) for c in col] if col is not None
                                        else class_color(f.classification)}
         props.update({k: v for k, v in f.properties.items() if k not in props})
-        out.append({"type": "Feature", "geometry": shapely.geometry.mapping(f.geometry), "properties": props})
+        feature = {"type": "Feature", "geometry": shapely.geometry.mapping(f.geometry), "properties": props}
+        if f.uuid is not None:
+            feature = {"type": "Feature", "id": f.uuid, **{k: v for k, v in feature.items() if k != "type"}}
+        out.append(feature)
     return {"type": "FeatureCollection", "features": out} if feature_collection else out
 
 

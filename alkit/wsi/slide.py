@@ -150,7 +150,8 @@ class Slide:
     """
 
     def __init__(self, path: str | os.PathLike, mpp: float | None = None, fallback_mpp: float | None = None):
-        self.path = Path(path)
+        # absolute (not symlink-resolved): stores and exports record where the slide is wherever they are read
+        self.path = Path(os.path.abspath(path))
         self._mpp_override, self._fallback_mpp = mpp, fallback_mpp
         for name, value in (("mpp override", mpp), ("fallback mpp", fallback_mpp)):
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -323,12 +324,21 @@ class Slide:
         x, y, w, h = box
         level = self.best_level((w / out_w) if out_w else mpp / self.mpp)
         ds = self.level_downsamples[level]
-        lw, lh = self.level_dimensions[level]
-        # level pixels covering the box, clipped to the level's extent
+        # level pixels covering the box
         lx0, ly0 = math.floor(x / ds), math.floor(y / ds)
         lx1, ly1 = math.ceil((x + w) / ds), math.ceil((y + h) / ds)
+        canvas = self.level_canvas(level, lx0, ly0, lx1, ly1)
+        # the exact box inside the canvas, in (fractional) canvas pixels
+        src = (x / ds - lx0, y / ds - ly0, (x + w) / ds - lx0, (y + h) / ds - ly0)
+        return resample(canvas, src, out_w, out_h)
+
+    def level_canvas(self, level: int, lx0: int, ly0: int, lx1: int, ly1: int) -> np.ndarray:
+        """Level pixels ``[lx0, lx1) × [ly0, ly1)`` of ``level`` as RGB uint8, white outside the level."""
+        ds = self.level_downsamples[level]
+        lw, lh = self.level_dimensions[level]
         cx0, cy0, cx1, cy1 = max(lx0, 0), max(ly0, 0), min(lx1, lw), min(ly1, lh)
-        canvas = np.full((ly1 - ly0, lx1 - lx0, 3), 255, np.uint8)
+        inside = (cx0, cy0, cx1, cy1) == (lx0, ly0, lx1, ly1)
+        canvas = None if inside else np.full((ly1 - ly0, lx1 - lx0, 3), 255, np.uint8)
         if cx1 > cx0 and cy1 > cy0:
             # read_region takes level-0 coordinates for the origin and level pixels for the size
             origin = (round(cx0 * ds), round(cy0 * ds))
@@ -336,15 +346,11 @@ class Slide:
                 rgba = self._osr.read_region(origin, level, (cx1 - cx0, cy1 - cy0))
             except openslide.OpenSlideError as exc:
                 raise SlideError(self.path, f"reading level {level} at {origin} failed: {exc}") from None
-            canvas[cy0 - ly0:cy1 - ly0, cx0 - lx0:cx1 - lx0] = _rgba_to_rgb(np.asarray(rgba))
-        # the exact box inside the canvas, in (fractional) canvas pixels
-        src = (x / ds - lx0, y / ds - ly0, (x + w) / ds - lx0, (y + h) / ds - ly0)
-        if canvas.shape[1] == out_w and canvas.shape[0] == out_h and src == (0, 0, out_w, out_h):
-            return canvas
-        shrinking = (src[2] - src[0]) >= out_w
-        resample = Image.Resampling.BOX if shrinking else Image.Resampling.BICUBIC
-        resized = Image.fromarray(canvas).resize((out_w, out_h), resample, box=src)
-        return np.array(resized)  # a writable copy, like the unresized path
+            rgb = _rgba_to_rgb(np.asarray(rgba))
+            if inside:
+                return rgb
+            canvas[cy0 - ly0:cy1 - ly0, cx0 - lx0:cx1 - lx0] = rgb
+        return canvas
 
     def thumbnail(self, mpp: float | None = None, max_size: int | None = None) -> np.ndarray:
         """The whole slide as RGB uint8 at ``mpp`` µm/px, or with its longer side ``max_size`` px.
@@ -357,6 +363,16 @@ class Slide:
         elif mpp is None:
             mpp = 8.0
         return self.read((0, 0, w, h), mpp)
+
+
+def resample(canvas: np.ndarray, src: tuple[float, float, float, float], out_w: int, out_h: int) -> np.ndarray:
+    """The fractional box ``src`` (x0, y0, x1, y1 in canvas pixels) of ``canvas`` at ``out_w × out_h``:
+    the canvas itself when they coincide, else PIL ``BOX`` when shrinking and bicubic when enlarging."""
+    if canvas.shape[1] == out_w and canvas.shape[0] == out_h and src == (0, 0, out_w, out_h):
+        return canvas
+    shrinking = (src[2] - src[0]) >= out_w
+    method = Image.Resampling.BOX if shrinking else Image.Resampling.BICUBIC
+    return np.array(Image.fromarray(canvas).resize((out_w, out_h), method, box=src))  # a writable copy
 
 
 def _rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:

@@ -26,7 +26,6 @@ from alkit.annotations.geometry import union_minus_exclusions
 from alkit.annotations.ncrf import write_ncrf_json
 from alkit.annotations.qupath import QuPathFeature, write_qupath_geojson
 from alkit.errors import AlkitError
-from alkit.selection.export import regions_geojson
 from alkit.selection.strategy import RegionPick
 from alkit.synthetic import generate_cohort
 from alkit.tasks.segmentation.annotator import AnnotationOracle, load_regions
@@ -261,6 +260,19 @@ def test_from_synthetic_on_a_folder_that_is_not_a_cohort(tmp_path):
 # annotator round trip
 # ------------------------------------------------------------------------------------------------
 
+def _v1_region_features(picks) -> list[dict]:
+    """Region rectangles as alkit 0.1 exported them (class = the target class, not locked, no id): files
+    annotators still have; with a version-1 regions.json they are recognised by geometry."""
+    out = []
+    for rank, p in enumerate(picks, 1):
+        x, y, w, h = p.box
+        out.append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [
+            [[x, y], [x + w, y], [x + w, y + h], [x, y + h], [x, y]]]},
+            "properties": {"objectType": "annotation", "name": f"{p.strategy} #{rank}",
+                           "classification": {"name": p.cls or p.strategy, "color": [230, 25, 75]}}})
+    return out
+
+
 def _rect(b):
     x, y, w, h = b
     return shapely.box(x, y, x + w, y + h)
@@ -295,7 +307,7 @@ def test_annotator_round_trip_qupath_and_asap(tmp_path, camelyon):
         mit_outside = (bx - 10.0, by - 10.0)
         if slide == "Tumor_081":
             # QuPath: the imported region rectangles come back too (class "tumour"!), as a list of features
-            exported = regions_geojson([p for p in picks if p.slide == slide])["features"]
+            exported = _v1_region_features([p for p in picks if p.slide == slide])
             feats = [QuPathFeature(drawn, "Tumor", "tumour"), QuPathFeature(exclusion[slide], "Ignore*"),
                      QuPathFeature(stray, "Tumor"), QuPathFeature(shapely.MultiPoint([mit_inside, mit_outside]),
                                                                   "Mitosis"),

@@ -2,7 +2,11 @@
 
 Regions go out with :func:`alkit.selection.export.write_selection` (``regions.json`` beside QuPath
 GeoJSON / ASAP XML); the annotators' drawings come back per slide as QuPath GeoJSON, NCRF JSON or
-ASAP XML, and :class:`AnnotationOracle` turns them into an oracle like the simulated ones:
+ASAP XML, and :class:`AnnotationOracle` turns them into an oracle like the simulated ones. With a
+version-2 ``regions.json`` (or its records) the region objects in QuPath / ASAP files are found by their
+id (:mod:`alkit.annotations.roundtrip`), never by geometry, and regions the annotator marked skipped
+are left out; with bare boxes (a mapping, version-1 lists) a rectangle within 1 px of a region box is
+taken for the region itself. Then:
 drawn tumour (the geometry rules of :mod:`alkit.annotations.geometry`) clipped to the regions, and
 drawn points (mitoses, hard negatives by :func:`alkit.tasks.detection.labels.mitosis_label`) inside
 them. Boxes outside the regions were never shown to anyone: asking about them raises
@@ -23,11 +27,12 @@ from shapely.geometry.base import BaseGeometry
 
 from alkit.al.oracle import Mpp, NotAnnotatedError, OracleError, RegionReport, call_reader, check_box
 from alkit.annotations.asap import read_asap_xml
-from alkit.annotations.geometry import (EMPTY_POLYGON, boxes_union, class_names, ring_polygons, split_by_class,
-                                        union_minus_exclusions)
+from alkit.annotations.geometry import (EMPTY_POLYGON, boxes_union, class_names, polygon_parts, ring_polygons,
+                                        split_by_class, union_minus_exclusions)
 from alkit.annotations.ncrf import is_ncrf, parse_ncrf
 from alkit.annotations.qupath import QuPathFeature, parse_qupath_geojson
-from alkit.ids import check_id
+from alkit.annotations.roundtrip import inspect_annotated
+from alkit.ids import check_id, safe_name
 from alkit.jsonfile import read_json
 from alkit.tasks.detection.labels import HARD_NEGATIVE, MITOSIS, check_classes, mitosis_label
 from alkit.tasks.detection.oracle import MitosisOracle
@@ -40,21 +45,51 @@ log = logging.getLogger(__name__)
 
 __all__ = ["AnnotationOracle", "Regions", "load_regions"]
 
-#: Regions as a ``regions.json`` path, a mapping ``slide -> boxes``, or an iterable of picks / dicts.
+#: Regions as a ``regions.json`` path, a :class:`~alkit.selection.regions_file.RegionsDocument`, a mapping
+#: ``slide -> boxes``, or an iterable of picks / region records / dicts.
 Regions = Union[str, os.PathLike, Mapping[str, Iterable[Sequence[float]]], Iterable]
 
 _ASAP_POINT_TYPES = ("dot", "pointset")
 _DRAWING_SUFFIXES = (".geojson", ".json", ".xml")
 
 
+def _records(regions: Regions) -> list | None:
+    """The region records (with ids) of a version-2 ``regions.json`` / document / record list, else None."""
+    from alkit.selection.regions_file import RegionRecord, RegionsDocument, RegionsFileError, read_regions
+
+    if isinstance(regions, (str, os.PathLike)):
+        try:
+            doc = read_regions(regions)
+        except RegionsFileError as exc:
+            raise OracleError(str(exc)) from None
+        return doc.regions if doc.version >= 2 else None
+    if isinstance(regions, RegionsDocument):
+        return regions.regions
+    if isinstance(regions, (list, tuple)) and regions and all(isinstance(r, RegionRecord) for r in regions):
+        return list(regions)
+    return None
+
+
 def load_regions(regions: Regions) -> dict[str, np.ndarray]:
     """Regions per slide as ``{slide_id: (n, 4) level-0 boxes}`` from a ``regions.json`` written by
-    :func:`alkit.selection.export.write_selection` (a list of ``{slide, x, y, w, h, ...}``), a mapping
-    ``slide -> boxes``, or an iterable of :class:`alkit.selection.strategy.RegionPick` / such dicts."""
+    :func:`alkit.selection.export.write_selection` (version 2, or version 1's list of ``{slide, x, y, w, h,
+    ...}``), a :class:`~alkit.selection.regions_file.RegionsDocument`, a mapping ``slide -> boxes``, or an
+    iterable of :class:`alkit.selection.strategy.RegionPick` / region records / such dicts."""
+    from alkit.selection.regions_file import RegionsDocument, RegionsFileError, parse_regions
+
     source = "regions"
     if isinstance(regions, (str, os.PathLike)):
         source = str(regions)
-        regions = read_json(Path(regions), OracleError, "regions JSON file")  # type: ignore[assignment]
+        data = read_json(Path(regions), OracleError, "regions JSON file")
+        if isinstance(data, Mapping) and "format" not in data:
+            regions = data  # a JSON {slide: [[x, y, w, h], ...]}
+        else:
+            try:
+                regions = parse_regions(data, source).regions  # type: ignore[assignment]
+            except RegionsFileError as exc:
+                raise OracleError(str(exc)) from None
+    elif isinstance(regions, RegionsDocument):
+        regions = regions.regions  # type: ignore[assignment]
     out: dict[str, list] = {}
     if isinstance(regions, Mapping):
         for sid, boxes in regions.items():
@@ -66,9 +101,13 @@ def load_regions(regions: Regions) -> dict[str, np.ndarray]:
         if not isinstance(regions, Iterable):
             raise OracleError(f"{source}: regions must be a list of {{slide, x, y, w, h}} or a mapping")
         for i, r in enumerate(regions):
+            if hasattr(r, "box_px"):  # a region record
+                out.setdefault(r.slide, []).append(list(r.box_px))
+                continue
             d = r.to_dict() if hasattr(r, "to_dict") else r
             try:
-                out.setdefault(str(d["slide"]), []).append([d["x"], d["y"], d["w"], d["h"]])
+                box = d["box_px"] if isinstance(d, Mapping) and "box_px" in d else [d["x"], d["y"], d["w"], d["h"]]
+                out.setdefault(str(d["slide"]), []).append(list(box))
             except (KeyError, TypeError, IndexError):
                 raise OracleError(f"{source}: region #{i} lacks slide/x/y/w/h") from None
     result = {}
@@ -116,9 +155,11 @@ class AnnotationOracle(TumourOracle):
         ``regions`` are the regions that were exported (see :func:`load_regions`). Areas: QuPath
         annotation objects / ASAP polygons whose class (ASAP: group) is in ``positive`` are tumour,
         in ``exclusion`` cut out, others ignored; the exported region rectangles, if the tool wrote
-        them back, are recognised by their geometry (a rectangle within 1 px of a region box) and
-        ignored, whatever their class (a region exported with class "tumour" must not become
-        tumour). Points (QuPath points, ASAP dots) are mitoses or hard negatives by
+        them back, are never drawings: with a version-2 ``regions.json`` (or its records) they are
+        found by their id (:func:`alkit.annotations.roundtrip.inspect_annotated`; regions marked
+        skipped are left out of the oracle's regions, drawings outside every region are ignored
+        with a warning), with bare boxes by their geometry (a rectangle within 1 px of a region
+        box), whatever their class (a region exported with class "tumour" must not become tumour). Points (QuPath points, ASAP dots) are mitoses or hard negatives by
         :func:`~alkit.tasks.detection.labels.mitosis_label` (``mitosis_classes`` overrides).
         A slide with regions but no drawing file is an error unless ``allow_missing`` (then it
         counts as annotated and tumour-free).
@@ -128,13 +169,15 @@ class AnnotationOracle(TumourOracle):
         if not folder.is_dir():
             raise OracleError(f"{folder}: no such drawings folder")
         boxes_by_slide = load_regions(regions)
+        records = _records(regions)  # with ids: region objects found by id, skipped regions left out
         pos, neg = class_names(positive), class_names(exclusion)
         truths: dict[str, BaseGeometry] = {}
         points: dict[str, dict[str, list]] = {MITOSIS: {}, HARD_NEGATIVE: {}}
         sources: dict[str, Path] = {}
         for sid, boxes in boxes_by_slide.items():
             check_id(sid, source=regions if isinstance(regions, (str, os.PathLike)) else None, error=OracleError)
-            files = [folder / f"{sid}{ext}" for ext in _DRAWING_SUFFIXES]
+            names = dict.fromkeys([sid, safe_name(sid)])  # as named, or as the export names its files
+            files = [folder / f"{name}{ext}" for name in names for ext in _DRAWING_SUFFIXES]
             files = [f for f in files if f.is_file()]
             if not files:
                 if not allow_missing:
@@ -145,12 +188,24 @@ class AnnotationOracle(TumourOracle):
                 continue
             areas: list[tuple[str | None, BaseGeometry]] = []
             dots: list[tuple[str | None, np.ndarray]] = []
+            mine = [r for r in records if r.slide == sid] if records is not None else None
+            skipped: set[str] = set()
+            by_id = True
             for f in files:
-                a, d = _read_drawing(f, pos, neg)
+                if mine is not None and not _is_ncrf_file(f):
+                    a, d, sk = _read_by_id(f, mine)
+                    skipped |= sk
+                else:
+                    a, d = _read_drawing(f, pos, neg)
+                    by_id = False
                 areas += a
                 dots += d
             sources[sid] = files[0]
-            kept = [(c, g) for c, g in areas if not _is_outline(g, boxes)]
+            if skipped:
+                log.info("%s: region(s) %s marked skipped; not labeled", sid, sorted(skipped))
+                boxes = np.array([r.box_px for r in mine if r.id not in skipped], np.float64).reshape(-1, 4)
+                boxes_by_slide[sid] = boxes
+            kept = areas if by_id else [(c, g) for c, g in areas if not _is_outline(g, boxes)]
             if len(kept) < len(areas):
                 log.debug("%s: %d region outline(s) ignored", sid, len(areas) - len(kept))
             p, n = split_by_class(kept, pos, neg, f"{folder}/{sid}")
@@ -215,6 +270,29 @@ def _is_outline(geom: BaseGeometry, boxes: np.ndarray, tol: float = 1.0) -> bool
     corners = np.stack([boxes[:, 0], boxes[:, 1], boxes[:, 0] + boxes[:, 2], boxes[:, 1] + boxes[:, 3]], axis=1)
     near = np.all(np.abs(corners - b) <= tol, axis=1)
     return bool(near.any()) and abs(geom.area - (b[2] - b[0]) * (b[3] - b[1])) <= 1e-3 * geom.area + tol
+
+
+def _is_ncrf_file(path: Path) -> bool:
+    return path.suffix.lower() == ".json" and is_ncrf(read_json(path, OracleError, "drawings JSON file"))
+
+
+def _read_by_id(path: Path, regions: list) -> tuple[list, list, set[str]]:
+    """``(areas, points, skipped region ids)`` of a QuPath / ASAP file whose region objects carry their ids."""
+    annotated = call_reader(lambda p: inspect_annotated(p, regions), path)
+    if annotated.outside:
+        log.warning("%s: %d drawing(s) outside every requested region ignored (%s)", path, len(annotated.outside),
+                    "; ".join(o.describe() for o in annotated.outside[:3]))
+    areas, dots, skipped = [], [], set()
+    for rid, ann in annotated.regions.items():
+        if ann.skipped:
+            skipped.add(rid)
+            continue
+        for cls_name, geom in ann.drawings:
+            if geom.geom_type in ("Point", "MultiPoint"):
+                dots.append((cls_name, shapely.get_coordinates(geom)))
+            else:
+                areas += [(cls_name, part) for part in polygon_parts([geom])]
+    return areas, dots, skipped
 
 
 def _qupath_points(features: list[QuPathFeature]) -> list[tuple[str | None, np.ndarray]]:

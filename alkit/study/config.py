@@ -9,7 +9,8 @@ Three steps, all before anything is read or written beside the config:
    its own ``task:`` parameters and ``cohort.ground_truth`` against its declared schemas;
 3. what a schema cannot say: strategies are registered and their parameters accepted, selector options,
    slides and the other input paths exist, the prototype strategy's ``prototypes``, the task's own rules
-   (:meth:`alkit.al.task.Task.check_config`: ground-truth paths, prototype and acquisition rules).
+   (:meth:`alkit.al.task.Task.check_config`: ground-truth paths, prototype and acquisition rules), and
+   with ``embedding.stores`` every slide's store (:mod:`alkit.study.stores`).
 
 Every problem is one :class:`ConfigError` line naming the file, the dotted key path and the reason.
 Paths are resolved against the config file's folder.
@@ -37,6 +38,7 @@ from alkit.prototypes.prototype_set import PrototypeError
 from alkit.selection.regions import SELECTOR_OPTIONS, check_selector_options
 from alkit.selection.strategy import ENTRY_POINT_GROUP as STRATEGIES, StrategyError, available_strategies, get_strategy
 from alkit.study.schema import StudySchema, closest, describe, keys_of, task_schemas
+from alkit.study.stores import GRID_KEYS, GivenStores, check_prototype_encoder, find_stores
 
 KNOWN_KEYS = tuple(keys_of(StudySchema))
 #: parameters the study itself gives these strategies (not ``strategy_params``): the key that sets each
@@ -75,6 +77,8 @@ class StudyConfig:
     selector_options: dict = field(default_factory=dict)  # e.g. the reference's adaptive rules
     strategy_params: dict = field(default_factory=dict)  # strategy name -> its parameters
     extra: dict = field(default_factory=dict)
+    #: the checked stores of ``embedding.stores`` (None: the study embeds its slides)
+    stores: GivenStores | None = None
     #: the config as validated, every default filled in (task parameters included): what a run's key
     #: hashes, so a config that spells out a default and one that leaves it out are the same study
     resolved: dict = field(default_factory=dict)
@@ -326,8 +330,9 @@ def load_config(path: str | os.PathLike) -> StudyConfig:
     slides, test_slides, validation_slides = _slides(spec, path, resolve)
     protos = _prototypes(raw, path, strategies, resolve)
     embedding = dict(raw["embedding"])
-    embedding["out"] = resolve(embedding["out"])
-    _output(path, "embedding.out", embedding["out"])
+    if spec.embedding.stores is None:
+        embedding["out"] = resolve(embedding["out"])
+        _output(path, "embedding.out", embedding["out"])
     out = resolve(spec.out)
     _output(path, "out", out)
     acquisition = _acquisition(raw, path, task_cls)
@@ -342,10 +347,39 @@ def load_config(path: str | os.PathLike) -> StudyConfig:
         truth = task_cls.check_config(settings)
     except TaskConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+    stores = _stores(spec, embedding, path, resolve, [*slides, *test_slides, *validation_slides],  # opens slides
+                     builds_prototypes="prototype" in strategies and "db" in protos)
     return StudyConfig(
         path=path, raw=raw, study=spec.study, slides=slides, test_slides=test_slides,
         ground_truth=truth, embedding=embedding, prototypes=settings.prototypes, strategies=strategies,
         selector=selector, n=list(spec.budgets.n), l=list(spec.budgets.l), seeds=list(spec.seeds),
         cycles=spec.loop.cycles, acquisition=acquisition, task=task, out=Path(out), slide_mpp=slide_mpp,
         validation_slides=validation_slides, selector_options=selector_options, strategy_params=strategy_params,
-        resolved=spec.model_dump(mode="json") | {"task": resolved_task})
+        stores=stores, resolved=_resolved(spec, resolved_task, stores))
+
+
+def _stores(spec: StudySchema, embedding: dict, path: Path, resolve, slides: list[Path], *,
+            builds_prototypes: bool) -> GivenStores | None:
+    """With ``embedding.stores``: every slide's store found and checked (:mod:`alkit.study.stores`), the
+    stores' encoder, mpp, patch and stride written into ``embedding``, and where the study builds its
+    prototypes, the stores' encoder's weights looked for; None without it."""
+    if spec.embedding.stores is None:
+        return None
+    embedding["stores"] = resolve(spec.embedding.stores)
+    wanted = {k: embedding[k] for k in GRID_KEYS if embedding.get(k) is not None}  # the keys the config gives
+    try:
+        stores = find_stores(embedding["stores"], slides, wanted, spec.cohort.slide_mpp)
+        if builds_prototypes:
+            check_prototype_encoder(stores)
+    except AlkitError as exc:
+        raise ConfigError(f"{path}: key 'embedding.stores': {exc}") from None
+    embedding |= stores.grid
+    return stores
+
+
+def _resolved(spec: StudySchema, task: dict, stores: GivenStores | None) -> dict:
+    """The validated config with every default filled in; given stores' grid replaces the defaults."""
+    resolved = spec.model_dump(mode="json") | {"task": task}
+    if stores is not None:
+        resolved["embedding"] |= stores.grid
+    return resolved

@@ -17,7 +17,9 @@ from alkit.embeddings.encoders import get_encoder
 from alkit.embeddings.store import KEY_ATTRS, read_attrs
 from alkit.prototypes.build import study_prototypes
 from alkit.prototypes.prototype_set import PrototypeSet
+from alkit.errors import AlkitError
 from alkit.study.config import StudyConfig
+from alkit.study.stores import unbuildable
 from alkit.study.tracking import config_hash
 
 log = logging.getLogger(__name__)
@@ -26,7 +28,10 @@ PROTOTYPE_KEY_VERSION = 1  # bump when what a prototype set depends on changes
 
 
 def embed_cohort(config: StudyConfig, paths: list[Path], progress: bool) -> Cohort:
-    """The slides at ``paths`` embedded as the study says (cached stores are reused)."""
+    """The slides at ``paths`` embedded as the study says (cached stores are reused), or with
+    ``embedding.stores`` their given stores (nothing is embedded)."""
+    if config.stores is not None:
+        return config.stores.cohort(paths)
     e = config.embedding
     cfg = EmbedConfig(encoder=e["encoder"], mpp=e.get("mpp"), patch=e.get("patch", 256), stride=e.get("stride"),
                       min_tissue=e.get("min_tissue", 0.5), batch_size=e.get("batch_size", 64),
@@ -42,8 +47,11 @@ def prototypes_for(config: StudyConfig) -> PrototypeSet:
     unchanged one is reused, and the log says which."""
     p = config.prototypes
     if "path" in p:
-        return PrototypeSet.load(p["path"])
-    encoder = get_encoder(config.embedding["encoder"])
+        prototypes = PrototypeSet.load(p["path"])
+        if config.stores is not None:
+            config.stores.check_prototypes(prototypes.encoder, prototypes.dim, f"key 'prototypes.path' {p['path']}")
+        return prototypes
+    encoder = prototype_encoder(config)
     db = open_database(p["db"])
     crops = config.task_class.prototype_crops
     inputs = prototype_key_inputs(p, encoder, db, crops=crops)
@@ -59,6 +67,20 @@ def prototypes_for(config: StudyConfig) -> PrototypeSet:
     prototypes.meta |= {"cache_key": key, "key_inputs": inputs}
     prototypes.save(folder)
     return prototypes
+
+
+def prototype_encoder(config: StudyConfig) -> Any:
+    """The encoder that embeds the caption images: the study's, or the given stores' (which must be
+    one alkit can build here, offline, and of the stores' dimension)."""
+    spec = config.embedding["encoder"]
+    if config.stores is None:
+        return get_encoder(spec)
+    try:
+        encoder = get_encoder(spec)
+    except (AlkitError, OSError, ImportError, RuntimeError, ValueError) as exc:
+        raise unbuildable(config.stores.folder, spec, exc) from None
+    config.stores.check_prototypes(spec, encoder.dim, f"encoder {spec!r}")
+    return encoder
 
 
 def prototype_key_inputs(settings: Mapping[str, Any], encoder: Any, db: CaptionDB, *, crops: bool) -> dict:

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import annotated_types
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticKnownError
 
 from alkit.al.task import DEFAULT_TASK, ConfigSection, task_class
 from alkit.al.uncertainty import MEASURES
@@ -85,19 +86,41 @@ class CohortSection(ConfigSection):
 
 
 class EmbeddingSection(ConfigSection):
-    """``embedding:`` how the slides' tissue patches are embedded (cached per slide)."""
+    """``embedding:`` how the slides' tissue patches are embedded (cached per slide), or the existing
+    stores the study uses instead (``stores``: from ``alkit embed`` or ``alkit import-features``)."""
 
-    encoder: str = Field(description="encoder spec: handcrafted, resnet18[@imagenet|@CKPT], "
-                                     "open_clip:ARCH[@WEIGHTS], plip[@DIR]")
-    out: str = Field(description="folder of the cached embedding stores (shared between studies)")
-    mpp: float | None = Field(None, gt=0, description="µm/px of the patches (default: the encoder's)")
-    patch: int = Field(256, gt=0, description="patch side, px at `mpp`")
-    stride: int | None = Field(None, gt=0, description="grid step, px at `mpp` (default: `patch`)")
+    stores: str | None = Field(None, description="a folder of existing embedding stores (`alkit embed`, `alkit "
+                                                 "import-features`) used instead of embedding: one store per slide, "
+                                                 "one encoder and grid; `encoder`, `mpp`, `patch`, `stride` default "
+                                                 "to the stores' and, where given, must match them")
+    encoder: str | None = Field(None, validate_default=True,
+                                description="encoder spec: handcrafted, resnet18[@imagenet|@CKPT], "
+                                            "open_clip:ARCH[@WEIGHTS], plip[@DIR]; required without `stores`")
+    out: str | None = Field(None, validate_default=True,
+                            description="folder of the cached embedding stores (shared between studies); required "
+                                        "without `stores`, not given with it")
+    mpp: float | None = Field(None, gt=0, description="µm/px of the patches (default: the encoder's; with `stores`: "
+                                                      "theirs)")
+    patch: int = Field(256, gt=0, description="patch side, px at `mpp` (with `stores`: theirs)")
+    stride: int | None = Field(None, gt=0, description="grid step, px at `mpp` (default: `patch`; with `stores`: "
+                                                       "theirs)")
     min_tissue: float = Field(0.5, ge=0, le=1, description="tissue share a cell needs to be embedded")
     batch_size: int = Field(64, ge=1, description="patches per encoder batch")
     workers: int = Field(2, ge=0, description="patch-reader processes per device")
     accelerator: str = Field("auto", description="Lightning accelerator: auto, cpu, gpu")
     devices: int | str = Field(1, description="Lightning devices: N or auto")
+
+    @field_validator("encoder", "out")
+    @classmethod
+    def _needed_without_stores(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """``encoder`` and ``out`` are required unless ``stores`` is given; ``out`` is refused with it
+        (a study on given stores embeds and writes no store)."""
+        stores = info.data.get("stores")
+        if value is None and stores is None:
+            raise PydanticKnownError("missing")
+        if info.field_name == "out" and value is not None and stores is not None:
+            raise ValueError("is not used with 'embedding.stores' (the study embeds nothing); give one of them")
+        return value
 
 
 class ClassQuerySection(ConfigSection):
@@ -175,7 +198,7 @@ class StudySchema(ConfigSection):
 
     study: str = Field(min_length=1, description="the study's name: its MLflow experiment")
     cohort: CohortSection = Field(description="slides and ground truth")
-    embedding: EmbeddingSection = Field(description="patch embedding")
+    embedding: EmbeddingSection = Field(description="patch embedding, or the existing stores used instead")
     prototypes: PrototypesSection | None = Field(None, description="required by the prototype strategy")
     strategies: list[str] = Field(min_length=1, description="initial-set strategies compared (registered in "
                                                             "`alkit.strategies`), e.g. full, random, diversity, "

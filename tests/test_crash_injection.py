@@ -1,8 +1,8 @@
 """Crash injection: `alkit embed` killed (SIGKILL) at seeded moments, then rerun, ends as an uninterrupted run.
 
 The killed runs are real processes that kill themselves at the k-th occurrence of a moment that matters:
-a shard written (the shard folder appears), a store's temporary file complete but not yet renamed, a store
-renamed but its shard folder not yet removed. Between the kills `alkit select` must work on whatever is
+a batch of rows written into a store's temporary file (the store half filled), a store's temporary file
+complete but not yet renamed. Between the kills `alkit select` must work on whatever is
 there (hidden temporary files are not stores), and the final rerun must give the same stores as an
 uninterrupted run, with nothing hidden left behind.
 """
@@ -20,7 +20,7 @@ import pytest
 
 from alkit.cli import main
 
-#: runs `alkit embed` with a SIGKILL at the CRASH_AT-th CRASH_POINT (shard | temp | rename)
+#: runs `alkit embed` with a SIGKILL at the CRASH_AT-th CRASH_POINT (batch | temp)
 CRASHING_EMBED = r"""
 import os, signal, sys
 point, at = os.environ["CRASH_POINT"], int(os.environ["CRASH_AT"])
@@ -32,30 +32,22 @@ def hit(name):
         if seen["n"] == at:
             os.kill(os.getpid(), signal.SIGKILL)
 
-import numpy as np
 import alkit.atomic as atomic
-import alkit.embeddings.embed as embed
+import alkit.embeddings.writer as writer
 
-savez, replace, rmtree = np.savez, atomic.os.replace, embed.shutil.rmtree
+replace, write = atomic.os.replace, writer.IncrementalStore.write
 
-def crashing_savez(file, *a, **k):
-    savez(file, *a, **k)
-    if str(file).endswith(".npz") and ".shards" in str(file):
-        hit("shard")
+def crashing_write(self, *a, **k):
+    write(self, *a, **k)
+    hit("batch")  # rows on disk in the temporary store, the store not yet complete
 
 def crashing_replace(src, dst):
     if str(dst).endswith(".h5"):
         hit("temp")  # the temporary store is complete, the rename has not happened
     replace(src, dst)
 
-def crashing_rmtree(path, *a, **k):
-    if str(path).endswith(".shards"):
-        hit("rename")  # the store is in place, its shard folder still there
-    rmtree(path, *a, **k)
-
-np.savez = crashing_savez
+writer.IncrementalStore.write = crashing_write
 atomic.os.replace = crashing_replace
-embed.shutil.rmtree = crashing_rmtree
 from alkit.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -107,7 +99,7 @@ def test_killed_embeds_rerun_to_the_uninterrupted_result(two_slides, tmp_path, c
                      "--out", str(sel), "--no-png"]) == 0
         assert json.loads((sel / "regions.json").read_text())
     # then a second kill at a seeded moment of the resumed run
-    killed_run(two_slides, out, rng.choice(["shard", "temp", "rename"]), rng.choice([1, 2]))
+    killed_run(two_slides, out, rng.choice(["batch", "temp"]), rng.choice([1, 2, 5]))
 
     capsys.readouterr()
     assert main(embed_args(two_slides, out)) == 0  # the rerun

@@ -1,13 +1,16 @@
 """Embed every tissue patch of every slide: Lightning ``Trainer.predict`` writing cached stores.
 
 The work is a plain LightningModule plus a prediction writer, so ``strategy="ddp"``,
-``devices=N`` and ``num_nodes=M`` run unchanged on a cluster: Lightning shards the patches over
-ranks, each batch carries its own ``(row, col)`` keys, every rank writes the embeddings it computed
-to a shard file, and rank 0 merges the shards into the slide's store (deduplicating the padding that
-distributed samplers add). With several nodes the output folder must be on a shared filesystem.
+``devices=N`` and ``num_nodes=M`` run unchanged on a cluster. Ranks are slide-parallel: slide ``i``
+of the run's list is embedded whole by rank ``i % world_size`` (finished slides are skipped first),
+so ranks never wait for each other per slide and nothing is merged; one barrier ends the run. With
+several nodes the output folder must be on a shared filesystem.
 
-Patches are read by DataLoader workers, each with its own OpenSlide handle (a ``Slide`` is opened
-lazily per process, never shared across a fork), as uint8 tensors; resizing to the network's input
+Memory is bounded by the batch: a slide's tissue cells are known before its first patch is read,
+so its store is created at its final size and filled batch by batch on disk
+(:class:`alkit.embeddings.writer.IncrementalStore`), then renamed into place. Patches are read by
+blocks of neighbouring cells (:mod:`alkit.embeddings.blocks`) in DataLoader workers, each with its
+own OpenSlide handle, as uint8 tensors (pinned when CUDA is there); resizing to the network's input
 and normalisation run on the accelerator in :meth:`Encoder.preprocess`.
 """
 
@@ -16,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,13 +32,14 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from alkit.atomic import remove_stale_temps
+from alkit.embeddings.blocks import CohortPatches, SlideJob, rank_jobs
 from alkit.embeddings.encoders import Encoder, get_encoder
+from alkit.embeddings.writer import IncrementalStore
 from alkit.errors import AlkitError
 from alkit.ids import safe_name
 from alkit.wsi.grid import PatchGrid
 from alkit.wsi.slide import Slide, SlideError
-from alkit.embeddings.store import is_cached, read_attrs, StoreError, store_path, write_store
-from alkit.wsi.tissue import detect_tissue
+from alkit.embeddings.store import is_cached, read_attrs, StoreError, store_path
 
 log = logging.getLogger(__name__)
 
@@ -147,68 +151,93 @@ class EmbeddingModule(pl.LightningModule):
         self.encoder = encoder.eval()
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
-        return {"features": self.encoder(batch["image"]).float(), "row": batch["row"], "col": batch["col"]}
+        # an empty batch (a slide without tissue cells, so that its empty store is written) gives (0, dim)
+        return {"features": self.encoder(batch["image"]).float()}
+
+
+class CohortData(pl.LightningDataModule):
+    """The patches of this rank's slides (:func:`rank_jobs`), built once Lightning knows the rank."""
+
+    def __init__(self, jobs: Sequence[SlideJob], batch_size: int, num_workers: int,
+                 make_dataset: Callable[[list[SlideJob], int], CohortPatches] = CohortPatches):
+        super().__init__()
+        self.jobs, self.batch_size, self.num_workers = list(jobs), batch_size, num_workers
+        self.make_dataset = make_dataset
+        self.mine: list[SlideJob] = []
+
+    def predict_dataloader(self) -> DataLoader:
+        self.mine = rank_jobs(self.jobs, self.trainer.global_rank, self.trainer.world_size)
+        log.info("rank %d of %d: %d slide(s) to embed", self.trainer.global_rank, self.trainer.world_size,
+                 len(self.mine))
+        dataset = self.make_dataset(self.mine, self.batch_size)
+        workers = self.num_workers  # batches are made by the dataset, block by block: batch_size=None here
+        return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=torch.cuda.is_available(),
+                          persistent_workers=False, prefetch_factor=2 if workers else None)
 
 
 class StoreWriter(BasePredictionWriter):
-    """Collects each rank's embeddings into a shard; rank 0 merges the shards into the store."""
+    """Writes each batch of embeddings into its slide's store as it arrives; a store is renamed into
+    place the moment its last row is written. One barrier at the end of the run, none per slide."""
 
-    def __init__(self) -> None:
+    def __init__(self, progress: bool = False) -> None:
         super().__init__(write_interval="batch")
-        # (store path, attrs, tissue fractions) of the slide being embedded
-        self.target: tuple[Path, dict, np.ndarray | None] | None = None
-        self._parts: list[tuple[np.ndarray, np.ndarray]] = []
+        self.progress = progress
+        self._open: dict[int, IncrementalStore] = {}
+        self._done: set[int] = set()
+        self._bar: tqdm | None = None
+        self.written: list[Path] = []
 
     def on_predict_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._parts = []
+        self._open, self._done, self.written = {}, set(), []
+        total = len(getattr(trainer.datamodule, "mine", []) or [])
+        self._bar = tqdm(total=total, desc=f"slides (rank {trainer.global_rank})", unit="slide",
+                         disable=not (self.progress and trainer.is_global_zero), position=1, leave=False)
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
                            dataloader_idx) -> None:
-        keys = torch.stack([prediction["row"], prediction["col"]], dim=1).cpu().numpy()
-        self._parts.append((keys, prediction["features"].cpu().numpy()))
+        pos = int(batch["slide"])
+        store = self._open.get(pos)
+        if store is None:
+            if pos in self._done:
+                raise RuntimeError(f"rows of slide {pos} arrived after its store was written")
+            plan = batch["plan"]
+            assert plan is not None, "a worker's first batch of a slide carries its plan"
+            features = prediction["features"]
+            store = self._open[pos] = IncrementalStore(plan["out"], plan["coords"], plan["attrs"],
+                                                       int(features.shape[1]), plan["tissue"])
+        store.write(batch["index"].cpu().numpy(), prediction["features"].cpu().numpy())
+        if store.complete:
+            self.written.append(store.commit())
+            log.info("%s: %d cells embedded (rank %d)", store.path, store.n, trainer.global_rank)
+            del self._open[pos]
+            self._done.add(pos)
+            if self._bar is not None:
+                self._bar.update(1)
 
     def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        assert self.target is not None, "StoreWriter.target must be set before predict"
-        path, attrs, tissue = self.target
-        shard_dir = _shard_dir(path)
-        shard_dir.mkdir(parents=True, exist_ok=True)
-        dim = attrs["dim"]
-        keys = np.concatenate([k for k, _ in self._parts]) if self._parts else np.zeros((0, 2), np.int64)
-        feats = np.concatenate([f for _, f in self._parts]) if self._parts else np.zeros((0, dim), np.float32)
-        np.savez(shard_dir / f"rank{trainer.global_rank:05d}.npz", keys=keys, features=feats)
-        self._parts = []
-        trainer.strategy.barrier("alkit-shards-written")
-        if trainer.is_global_zero:
-            _merge_shards(path, attrs, tissue, trainer.world_size)
-        trainer.strategy.barrier("alkit-store-written")
+        if self._bar is not None:
+            self._bar.close()
+        if self._open:
+            stores = self._abort()
+            raise RuntimeError(f"stores never completed: {stores}")
+        trainer.strategy.barrier("alkit-embed-done")  # every rank's stores are in place after this
 
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._abort()
 
-def _shard_dir(path: Path) -> Path:
-    return path.parent / f".{path.name}.shards"
-
-
-def _merge_shards(path: Path, attrs: dict, tissue: np.ndarray | None, world_size: int) -> None:
-    shard_dir = _shard_dir(path)
-    # exactly this run's ranks: an interrupted run with more processes may have left other shards behind
-    shards = [shard_dir / f"rank{r:05d}.npz" for r in range(world_size)]
-    missing = [s.name for s in shards if not s.is_file()]
-    if missing:
-        raise RuntimeError(f"{path}: shard(s) {missing} of {world_size} ranks missing in {shard_dir}")
-    keys, feats = [], []
-    for shard in shards:
-        with np.load(shard) as data:
-            keys.append(data["keys"])
-            feats.append(data["features"])
-    keys_all, feats_all = np.concatenate(keys), np.concatenate(feats)
-    # row-major order and no duplicates (distributed samplers pad with repeated samples)
-    _, first = np.unique(keys_all[:, 0] * (1 << 32) + keys_all[:, 1], return_index=True)
-    write_store(path, keys_all[first], feats_all[first], attrs, tissue)
-    shutil.rmtree(shard_dir, ignore_errors=True)
+    def _abort(self) -> list[str]:
+        names = [str(s.path) for s in self._open.values()]
+        for store in self._open.values():
+            store.abort()
+        self._open = {}
+        return names
 
 
 def _is_global_zero() -> bool:
-    """Rank 0 before and after Lightning launches its processes (env set by the launcher)."""
-    return int(os.environ.get("NODE_RANK", 0)) == 0 and int(os.environ.get("LOCAL_RANK", 0)) == 0
+    """Rank 0 before and after Lightning launches its processes (env set by Lightning's launcher,
+    torchrun's ``RANK`` or Slurm's ``SLURM_PROCID``)."""
+    names = ("NODE_RANK", "LOCAL_RANK", "RANK", "SLURM_PROCID")
+    return all(int(os.environ.get(name, 0) or 0) == 0 for name in names)
 
 
 class Embedder:
@@ -224,7 +253,7 @@ class Embedder:
         self.encoder = get_encoder(config.encoder)
         self.mpp = float(config.mpp or self.encoder.mpp)
         self.stride = int(config.stride or config.patch)
-        self.writer = StoreWriter()
+        self.writer = StoreWriter(progress)
         self._trainer: pl.Trainer | None = None
         self.forward_passes = 0  # predict calls made (0 on a full cache hit)
         self.cache_hits = 0  # slides whose store was already complete
@@ -236,57 +265,48 @@ class Embedder:
             self._trainer = pl.Trainer(
                 accelerator=c.accelerator, devices=c.devices, strategy=c.strategy, num_nodes=c.num_nodes,
                 precision=c.precision, logger=False, enable_checkpointing=False, enable_model_summary=False,
-                enable_progress_bar=self.progress, inference_mode=True,
+                enable_progress_bar=self.progress, inference_mode=True, use_distributed_sampler=False,
                 callbacks=[self.writer, *([TQDMProgressBar()] if self.progress else [])])
         return self._trainer
 
     def attrs_for(self, slide: Slide, grid: PatchGrid) -> dict:
-        """Store attributes: everything that determines the embeddings, plus provenance."""
-        return {
-            "encoder": self.encoder.name, "weights_id": self.encoder.weights_id, "dim": self.encoder.dim,
-            "mpp": self.mpp, "patch": self.config.patch, "stride": self.stride,
-            "min_tissue": self.config.min_tissue, "slide": slide.name, "slide_path": str(slide.path),
-            "slide_content_id": slide.content_id,
-            "slide_dimensions": list(slide.dimensions), "slide_mpp": slide.mpp, "grid_shape": list(grid.shape),
-        }
+        """Store attributes: everything that determines the embeddings, plus provenance
+        (:func:`alkit.embeddings.cached.embedding_attrs`, which the torch-free cache precheck uses too)."""
+        from alkit.embeddings.cached import embedding_attrs
+
+        e = self.encoder
+        return embedding_attrs(e.name, e.weights_id, e.dim, self.mpp, self.config.patch, self.stride,
+                               self.config.min_tissue, slide, grid)
 
     def embed_slide(self, path: str | os.PathLike, slide_mpp: float | None = None) -> Path:
         """Embed one slide's tissue cells (or find them cached); returns the store path."""
+        return self.embed([path], slide_mpp=slide_mpp)[0]
+
+    def job(self, index: int, path: str | os.PathLike,
+            slide_mpp: float | None = None) -> tuple[Path, SlideJob | None]:
+        """Slide ``index`` of a run: its store path, and the work to make it (None when complete)."""
         with Slide(path, fallback_mpp=slide_mpp) as slide:
             grid = PatchGrid.for_slide(slide, self.mpp, self.config.patch, self.stride)
             attrs = self.attrs_for(slide, grid)
             out = store_path(self.out_dir, slide.name, self.encoder.name, self.mpp, self.config.patch, self.stride)
-            if is_cached(out, attrs):
-                log.info("%s: cached in %s", path, out)
-                self.cache_hits += 1
-                if _is_global_zero() and _shard_dir(out).exists():  # killed after the store, before the clean-up
-                    shutil.rmtree(_shard_dir(out), ignore_errors=True)
-                return out
-            if out.exists():
-                try:
-                    read_attrs(out)
-                except StoreError as exc:
-                    log.warning("%s: recomputing the store (%s)", path, exc)
-            grid = grid.with_tissue(detect_tissue(slide))
-        cells = grid.tissue_cells(self.config.min_tissue)
-        if len(cells) == 0:
-            log.warning("%s: no cell reaches %.0f%% tissue; writing an empty store", path,
-                        100 * self.config.min_tissue)
-            if _is_global_zero():
-                write_store(out, cells, np.zeros((0, self.encoder.dim), np.float32), attrs, grid.tissue_fraction)
-            return out
-        self.predict_cells(path, slide_mpp, grid, cells, out, attrs)
-        return out
+        if is_cached(out, attrs):
+            log.info("%s: cached in %s", path, out)
+            return out, None
+        if out.exists():
+            try:
+                read_attrs(out)
+            except StoreError as exc:
+                log.warning("%s: recomputing the store (%s)", path, exc)
+        return out, SlideJob(index, Path(path), slide_mpp, out, attrs)
 
-    def predict_cells(self, path: str | os.PathLike, slide_mpp: float | None, grid: PatchGrid,
-                      cells: np.ndarray, out: Path, attrs: dict) -> None:
-        """Embed the given ``(row, col)`` cells of a slide with ``Trainer.predict`` and write the store ``out``."""
-        dataset = PatchDataset(Path(path), slide_mpp, grid.cell_boxes(cells), cells, self.mpp, self.config.patch)
-        loader = DataLoader(dataset, batch_size=self.config.batch_size, num_workers=self.config.num_workers,
-                            pin_memory=torch.cuda.is_available(), persistent_workers=False, shuffle=False)
-        self.writer.target = (out, attrs, grid.tissue_fraction)
+    def predict(self, jobs: Sequence[SlideJob],
+                make_dataset: Callable[[list[SlideJob], int], CohortPatches] = CohortPatches) -> None:
+        """Embed ``jobs`` with one ``Trainer.predict``: each rank takes its share (:func:`rank_jobs`)."""
+        data = CohortData(jobs, self.config.batch_size, self.config.num_workers, make_dataset)
         try:
-            self.trainer.predict(EmbeddingModule(self.encoder), dataloaders=loader, return_predictions=False)
+            with warnings.catch_warnings():  # batches come from an iterable dataset: no sampler indices, by design
+                warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
+                self.trainer.predict(EmbeddingModule(self.encoder), datamodule=data, return_predictions=False)
         except Exception as exc:  # a worker's read error arrives wrapped: surface the SlideError naming the slide
             cause = exc
             while cause.__cause__ is not None and not isinstance(cause, SlideError):
@@ -297,20 +317,26 @@ class Embedder:
         self.forward_passes += 1
 
     def embed(self, paths: Sequence[str | os.PathLike], slide_mpp: float | None = None) -> list[Path]:
-        """Embed a cohort slide by slide; finished slides are skipped, so an interrupted run resumes.
+        """Embed a cohort; finished slides are skipped, so an interrupted run resumes.
 
         ``slide_mpp`` is the level-0 resolution of slides whose files lack one; it never overrides metadata.
+        Every rank sees the same list (the same command line), so slide ``i`` belongs to rank
+        ``i % world_size`` however far an earlier run got.
         """
         self.preflight(paths, slide_mpp)
         if _is_global_zero():  # what an interrupted run left: temporary store files of dead processes
             remove_stale_temps(self.out_dir, ".h5")
-        bar = tqdm(paths, desc="slides", unit="slide", disable=not (self.progress and _is_global_zero()))
-        stores = []
-        for p in bar:
-            bar.set_postfix_str(Path(p).name)
-            stores.append(self.embed_slide(p, slide_mpp))
+        stores, jobs = [], []
+        for i, p in enumerate(paths):
+            out, job = self.job(i, p, slide_mpp)
+            stores.append(out)
+            if job is None:
+                self.cache_hits += 1
+            else:
+                jobs.append(job)
+        if jobs:
+            self.predict(jobs)
         return stores
-
 
     def preflight(self, paths: Sequence[str | os.PathLike], slide_mpp: float | None = None) -> None:
         """:func:`preflight`, plus each slide's grid checked against the memory it would take."""

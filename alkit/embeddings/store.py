@@ -234,9 +234,16 @@ def _same(a, b) -> bool:
     return a == b
 
 
+def store_attrs(attrs: dict, n: int, dim: int) -> dict:
+    """The ``alkit`` attribute a store of ``n`` rows of ``dim`` features is written with: the caller's
+    ``attrs`` plus the row count, dimension, alkit version and format version."""
+    return {**attrs, "n": int(n), "dim": int(dim), "alkit_version": __version__, "format_version": FORMAT_VERSION}
+
+
 def write_store(path: str | os.PathLike, coords: np.ndarray, features: np.ndarray, attrs: dict,
                 tissue_fraction: np.ndarray | None = None) -> Path:
-    """Write a store atomically (temporary file in the same folder, then rename).
+    """Write a store held in memory atomically (temporary file in the same folder, then rename);
+    :class:`alkit.embeddings.writer.IncrementalStore` fills one batch by batch instead.
 
     ``tissue_fraction`` (rows, cols) keeps every cell's tissue share, so region strategies can work
     from stores alone without reopening slides.
@@ -246,8 +253,7 @@ def write_store(path: str | os.PathLike, coords: np.ndarray, features: np.ndarra
     features = np.asarray(features)
     if len(coords) != len(features):
         raise ValueError(f"{path}: {len(coords)} coords but {len(features)} feature rows")
-    full = {**attrs, "n": int(len(coords)), "dim": int(features.shape[1]) if features.ndim == 2 else 0,
-            "alkit_version": __version__, "format_version": FORMAT_VERSION}
+    full = store_attrs(attrs, len(coords), int(features.shape[1]) if features.ndim == 2 else 0)
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["alkit"] = json.dumps(full)
         f.create_dataset("coords", data=coords)

@@ -3,7 +3,8 @@
 Same encoder, same patches:
   (a) raw forward on in-memory uint8 tensors (preprocessing included), patches/s;
   (b) the whole pipeline from the slide file through the store (Trainer.predict, readers, writer);
-  (c) the reader alone: patches read, decoded and resized per second with 0, 1, 2, ... workers.
+  (c) the reader alone (block reads, as the pipeline reads): patches read and decoded per second with
+      0, 1, 2, ... workers.
 Prints patches/s of each and the ratio b/a; (c) per worker says how many readers one GPU needs.
 
     python experiments/benchmarks/embed_throughput.py [--encoder resnet18] [--slide PATH] [--workers 2]
@@ -23,10 +24,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from alkit.embeddings.embed import EmbedConfig, Embedder, PatchDataset  # noqa: E402
-from alkit.wsi.grid import PatchGrid  # noqa: E402
+from alkit.embeddings.blocks import CohortPatches, plan_slide  # noqa: E402
+from alkit.embeddings.embed import EmbedConfig, Embedder  # noqa: E402
 from alkit.wsi.slide import Slide  # noqa: E402
-from alkit.wsi.tissue import detect_tissue  # noqa: E402
 
 
 def main() -> None:
@@ -49,19 +49,18 @@ def main() -> None:
                                         accelerator=args.accelerator, devices=1, min_tissue=0.0),
                             tmp / "stores", progress=False)
         encoder, mpp = embedder.encoder, embedder.mpp
+        _, job = embedder.job(0, slide_path)
         with Slide(slide_path) as slide:
-            grid = PatchGrid.for_slide(slide, mpp, args.patch, tissue=detect_tissue(slide))
-            attrs = embedder.attrs_for(slide, grid)
-        cells = grid.tissue_cells(0.0)[: args.max_patches]
-        n = len(cells)
+            plan = plan_slide(slide, job)
+        dataset = _FirstCells([job], args.batch_size, args.max_patches)
+        n = min(len(plan["coords"]), args.max_patches)
         print(f"slide {slide_path.name}: {n} patches of {args.patch} px at {mpp} µm/px, encoder {encoder.name}, "
               f"torch threads {torch.get_num_threads()}, cuda {torch.cuda.is_available()}")
-        dataset = PatchDataset(slide_path, None, grid.cell_boxes(cells), cells, mpp, args.patch)
 
-        # (c) reader alone
+        # (c) reader alone (block reads, as the pipeline reads)
         reader_rates = {}
         for workers in sorted({0, 1, 2, args.workers}):
-            loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=workers)
+            loader = DataLoader(dataset, batch_size=None, num_workers=workers)
             t0 = time.perf_counter()
             for _ in loader:
                 pass
@@ -70,8 +69,7 @@ def main() -> None:
         # (a) raw forward on in-memory tensors
         device = "cuda" if torch.cuda.is_available() and args.accelerator != "cpu" else "cpu"
         model = encoder.to(device).eval()
-        batches = [torch.stack([dataset[i]["image"] for i in range(s, min(s + args.batch_size, n))])
-                   for s in range(0, n, args.batch_size)]
+        batches = [b["image"] for b in DataLoader(dataset, batch_size=None, num_workers=0)]
         with torch.inference_mode():
             model(batches[0].to(device))  # warm-up
             _sync(device)
@@ -86,7 +84,7 @@ def main() -> None:
         # built once per cohort, so it is built before the clock starts
         embedder.trainer  # noqa: B018
         t0 = time.perf_counter()
-        embedder.predict_cells(slide_path, None, grid, cells, tmp / "stores" / "bench.h5", attrs)
+        embedder.predict([job], make_dataset=lambda jobs, batch: _FirstCells(jobs, batch, args.max_patches))
         pipeline = n / (time.perf_counter() - t0)
 
         print(f"(a) raw forward          {forward:9.1f} patches/s")
@@ -100,6 +98,19 @@ def main() -> None:
               f"for a GPU at 3000 patches/s: {3000 / per_worker:.0f}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+class _FirstCells(CohortPatches):
+    """The block reader over a slide's first ``limit`` tissue cells (row-major)."""
+
+    def __init__(self, jobs, batch_size: int, limit: int):
+        super().__init__(jobs, batch_size)
+        self.limit = limit
+
+    def plan(self, slide, job) -> dict:
+        plan = plan_slide(slide, job)
+        plan["coords"] = plan["coords"][: self.limit]
+        return plan
 
 
 def _sync(device: str) -> None:

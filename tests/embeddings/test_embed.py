@@ -63,20 +63,31 @@ def test_second_run_is_a_cache_hit_and_cohorts_resume(tmp_path, two_slides):
     assert other.forward_passes == 1 and len(list(out.glob("*.h5"))) == 3
 
 
-def test_ddp_with_two_cpu_processes_gives_the_same_store(tmp_path, wsi):
-    slide = wsi("CMU-1-Small-Region.svs")
-    [single] = embed_slides([slide], tmp_path / "one", CONFIG, progress=False)
-    cmd = [sys.executable, "-m", "alkit", "embed", str(slide), "--out", str(tmp_path / "ddp"),
+def test_ddp_with_two_cpu_processes_gives_the_same_stores(tmp_path, wsi):
+    """Slide-parallel ranks (gloo, 2 CPU processes): slide i is embedded whole by rank i % 2, the stores
+    equal one process's, nothing hidden is left, and a rerun is a full cache hit."""
+    first = wsi("CMU-1-Small-Region.svs")
+    slides = [first]
+    for name in ("cmu_b.svs", "cmu_c.svs"):  # the same pixels under three slide ids: three stores
+        (tmp_path / name).symlink_to(first)
+        slides.append(tmp_path / name)
+    singles = embed_slides(slides, tmp_path / "one", CONFIG, progress=False)
+    cmd = [sys.executable, "-m", "alkit", "-v", "embed", *map(str, slides), "--out", str(tmp_path / "ddp"),
            "--encoder", "handcrafted", "--mpp", "0.5", "--patch", "128", "--batch-size", "16",
            "--workers", "1", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "-q"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    [ddp] = list((tmp_path / "ddp").glob("*.h5"))
-    a, b = EmbeddingStore.load(single), EmbeddingStore.load(ddp)
-    np.testing.assert_array_equal(a.coords, b.coords)
-    np.testing.assert_allclose(a.features, b.features, rtol=1e-5, atol=1e-5)
-    assert not list((tmp_path / "ddp").glob(".*"))  # no shards or temporary files left
+    for i, single in enumerate(singles):
+        ddp = tmp_path / "ddp" / single.name
+        a, b = EmbeddingStore.load(single), EmbeddingStore.load(ddp)
+        np.testing.assert_array_equal(a.coords, b.coords)
+        np.testing.assert_allclose(a.features, b.features, rtol=1e-5, atol=1e-5)
+        assert a.attrs == b.attrs
+        assert f"{ddp}: {len(a.coords)} cells embedded (rank {i % 2})" in done.stderr, done.stderr[-3000:]
+    assert not list((tmp_path / "ddp").glob(".*"))  # no temporary files left
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert again.returncode == 0 and "(3 were already there)" in again.stdout, again.stderr[-3000:]
 
 
 def test_embed_cli_errors_name_the_input(tmp_path):
@@ -98,19 +109,22 @@ def test_slide_mpp_fills_in_only_where_metadata_is_missing(tmp_path, wsi):
     assert cmu.attrs["slide_mpp"] == pytest.approx(0.499) and tcga.attrs["slide_mpp"] == 0.25
 
 
-def test_shards_left_by_an_interrupted_larger_run_do_not_block_the_slide(tmp_path, wsi):
-    """A killed 2-process run left rank00001.npz behind; a later 1-process run merges only its own shard."""
-    from alkit.embeddings.embed import _shard_dir
+def test_a_temporary_store_left_by_a_killed_run_is_cleared_and_the_slide_embedded(tmp_path, wsi):
+    """A killed run left its half-filled temporary store (named with its dead pid); the rerun removes it
+    and writes the complete store."""
+    from alkit.atomic import TEMP_NAME
 
     slide = wsi("CMU-1-Small-Region.svs")
     [path] = embed_slides([slide], tmp_path / "emb", CONFIG, progress=False)
     expected = EmbeddingStore.load(path)
     path.unlink()
-    stale = _shard_dir(path)
-    stale.mkdir()
-    np.savez(stale / "rank00001.npz", keys=np.array([[0, 0]]), features=np.full((1, 97), 7.0, np.float32))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()  # a pid that no longer runs
+    stale = path.with_name(f".{path.stem}.{dead}.0123abcd.tmp.h5")
+    stale.write_bytes(b"half a store")
+    assert TEMP_NAME.match(stale.name)
     [again] = embed_slides([slide], tmp_path / "emb", CONFIG, progress=False)
     store = EmbeddingStore.load(again)
     np.testing.assert_array_equal(store.coords, expected.coords)
     np.testing.assert_allclose(store.features, expected.features, rtol=1e-5, atol=1e-5)
-    assert not stale.exists()
+    assert not stale.exists() and not list((tmp_path / "emb").glob(".*"))

@@ -10,7 +10,7 @@ import numpy as np
 
 from alkit.embeddings.cohort import CohortSlide
 from alkit.selection.adaptive import select_adaptive
-from alkit.selection.regions import box_sums, check_selector_options, select_standard
+from alkit.selection.regions import StandardSearch, box_sums, check_selector_options, select_standard
 from alkit.selection.strategy import Box, Labeled, RegionPick, StrategyError
 
 SELECTORS = {"standard": select_standard, "adaptive": select_adaptive}
@@ -61,10 +61,18 @@ def select_on_maps(slide: CohortSlide, maps: dict[str, np.ndarray], n: int, size
                    options: Mapping[str, Any] | None = None) -> list[RegionPick]:
     """Up to ``n`` regions of ``size`` cells on the slide's score maps, the maps taking turns
     (round-robin in their order); no pick overlaps an earlier pick or a labeled region. ``options``
-    go to the selector (checked by :func:`check_selector`)."""
+    go to the selector (checked by :func:`check_selector`).
+
+    With the standard selector each map's window sums are computed once and reused for all its
+    picks (:class:`alkit.selection.regions.StandardSearch`); a pick on one map blocks it on all.
+    """
     select, options = SELECTORS[selector], dict(options or {})
     blocked = labeled_cells(slide, labeled)
     names = list(maps)
+    searches = {}
+    if selector == "standard" and names:
+        turns = -(-n // len(names))  # picks each map gets at most
+        searches = {name: StandardSearch(maps[name], size, blocked, expected=turns) for name in names}
     picks: list[RegionPick] = []
     exhausted: set[str] = set()
     turn = 0
@@ -73,11 +81,20 @@ def select_on_maps(slide: CohortSlide, maps: dict[str, np.ndarray], n: int, size
         turn += 1
         if name in exhausted:
             continue
-        found = select(maps[name], size, 1, labeled=blocked, **options)
+        if searches:
+            found = searches[name].take()
+            found = [found] if found is not None else []
+        else:
+            found = select(maps[name], size, 1, labeled=blocked, **options)
         if not found:
             exhausted.add(name)
             continue
         box = tuple(int(v) for v in found[0])
         blocked.append(box)
+        for other, search in searches.items():
+            if other != name:
+                search.block(box)
         picks += to_picks(slide, [box], maps[name], strategy, name or None)  # key "": no class
+    for search in searches.values():
+        search.verify()
     return picks

@@ -108,7 +108,7 @@ class DiversityStrategy:
         for start, block in store.feature_chunks(CHUNK):
             feats = block.astype(np.float32)
             feats /= np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
-            np.add.at(sums, window[start:start + len(block)], feats)
+            _add_rows(sums, window[start:start + len(block)], feats)
         means = sums[ok] / counts[ok, None]
         means /= np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
         return boxes[ok], means.astype(np.float32)
@@ -173,18 +173,7 @@ class DiversityStrategy:
         if k > 0:
             seed = int(rng.integers(0, 2**31 - 1))
             centroids, assignment = kmeans(all_feats, k, seed=seed, niter=self.niter)
-            distance = _squared_distances(all_feats, centroids)
-            left = np.full(len(cohort), budget.n)
-            free = np.ones(len(all_feats), bool)
-            sizes = np.bincount(assignment, minlength=k)
-            for c in np.argsort(-sizes, kind="stable"):
-                eligible = free & (left[all_owner] > 0)
-                if not eligible.any():
-                    break
-                best = int(np.argmin(np.where(eligible, distance[:, c], np.inf)))
-                chosen.append(best)
-                free[best] = False
-                left[all_owner[best]] -= 1
+            chosen = nearest_per_cluster(all_feats, centroids, assignment, all_owner, len(cohort), budget.n)
         for i, slide in enumerate(cohort):
             mine = [j for j in chosen if all_owner[j] == i]
             picks = [tuple(int(v) for v in all_boxes[j]) for j in mine]
@@ -192,6 +181,17 @@ class DiversityStrategy:
             selection.shortfall[slide.slide_id] = budget.n - len(picks)
         selection.report_shortfall()
         return selection
+
+
+def _add_rows(sums: np.ndarray, index: np.ndarray, rows: np.ndarray) -> None:
+    """``sums[index[i]] += rows[i]`` for every i: one stable sort and one ``reduceat`` (numpy's
+    ``add.at`` is an order of magnitude slower on feature rows)."""
+    if len(index) == 0:
+        return
+    order = np.argsort(index, kind="stable")
+    sorted_index = index[order]
+    starts = np.flatnonzero(np.r_[True, sorted_index[1:] != sorted_index[:-1]])
+    sums[sorted_index[starts]] += np.add.reduceat(rows[order].astype(np.float64), starts, axis=0)
 
 
 def window_image(slide: Slide, box: tuple[int, int, int, int], region0: float, side: int) -> np.ndarray:
@@ -206,6 +206,90 @@ def window_image(slide: Slide, box: tuple[int, int, int, int], region0: float, s
     canvas = np.full((side, side, 3), WHITE, np.uint8)
     canvas[:out_h, :out_w] = image
     return canvas
+
+
+def nearest_per_cluster(x: np.ndarray, centroids: np.ndarray, assignment: np.ndarray, owner: np.ndarray,
+                        slides: int, n: int, depth: int = 32) -> list[int]:
+    """Clusters in decreasing order of size (ties: lower index), each taking the row nearest its centroid
+    (squared distance as :func:`_squared_distances` computes it; ties: the lower row) among rows not
+    taken whose slide (``owner``) has fewer than ``n`` taken; stops when no row is eligible.
+
+    Without the (rows × clusters) distance matrix, whose memory grows with the square of the cohort
+    (windows and clusters both grow with the slides): per cluster only its ``depth`` nearest rows are
+    kept, and ``limit``, a distance below which every row is among them. A cluster takes its first
+    eligible candidate nearer than ``limit``; when it has none, the candidates of the clusters still
+    to come are drawn again from the eligible rows only (rows never become eligible again).
+    """
+    k = len(centroids)
+    left = np.full(slides, n)
+    free = np.ones(len(x), bool)
+    sizes = np.bincount(assignment, minlength=k)
+    order = np.argsort(-sizes, kind="stable")
+    cand, dist, limit = _candidates(x, centroids, free, depth)
+    chosen: list[int] = []
+
+    def first_eligible(c: int) -> int | None:
+        eligible = free[cand[c]] & (left[owner[cand[c]]] > 0) & (dist[c] < limit[c])
+        return int(cand[c][np.argmax(eligible)]) if eligible.any() else None
+
+    for c in order:
+        best = first_eligible(c)
+        if best is None:
+            allowed = free & (left[owner] > 0)
+            if not allowed.any():
+                break
+            cand, dist, limit = _candidates(x, centroids, allowed, depth)
+            best = first_eligible(c)
+            if best is None:  # more than ``depth`` rows tie at the nearest distance
+                best = _nearest_allowed(x, centroids, int(c), allowed)
+        chosen.append(best)
+        free[best] = False
+        left[owner[best]] -= 1
+    return chosen
+
+
+def _candidates(x: np.ndarray, centroids: np.ndarray, allowed: np.ndarray, depth: int,
+                chunk: int = 8192) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per centroid, its ``depth`` nearest ``allowed`` rows in (distance, row) order, their distances, and a
+    limit: every allowed row nearer than it is listed (``inf`` when all allowed rows are)."""
+    k = len(centroids)
+    c2 = (centroids ** 2).sum(1)
+    cand = np.zeros((k, 0), np.int64)
+    dist = np.zeros((k, 0), np.float32)
+    limit = np.full(k, np.inf, np.float32)
+    for s in range(0, len(x), chunk):  # the chunks and formula of _squared_distances: the same values
+        block = x[s:s + chunk]
+        d = np.empty((len(block), k), np.float32)
+        d[:] = (block ** 2).sum(1)[:, None] - 2 * block @ centroids.T + c2[None]
+        d = np.where(allowed[s:s + chunk, None], d, np.inf).T  # (k, rows of the chunk)
+        rows = np.broadcast_to(np.arange(s, s + len(block)), d.shape)
+        if d.shape[1] > depth:
+            part = np.argpartition(d, depth - 1, axis=1)[:, :depth]
+            kth = np.take_along_axis(d, part, axis=1).max(axis=1)  # rows left out are at least this far
+            limit = np.minimum(limit, kth)
+            d, rows = np.take_along_axis(d, part, axis=1), np.take_along_axis(rows, part, axis=1)
+        dist, cand = np.concatenate([dist, d], axis=1), np.concatenate([cand, rows], axis=1)
+        keep = np.lexsort((cand, dist), axis=1)
+        dist, cand = np.take_along_axis(dist, keep, axis=1), np.take_along_axis(cand, keep, axis=1)
+        if dist.shape[1] > depth:
+            limit = np.minimum(limit, dist[:, depth])
+            dist, cand = dist[:, :depth], cand[:, :depth]
+    return cand, dist, limit
+
+
+def _nearest_allowed(x: np.ndarray, centroids: np.ndarray, c: int, allowed: np.ndarray, chunk: int = 8192) -> int:
+    """The allowed row nearest centroid ``c`` (ties: the lower row), with the values of :func:`_candidates`."""
+    c2 = (centroids ** 2).sum(1)
+    best, best_d = -1, np.inf
+    for s in range(0, len(x), chunk):
+        block = x[s:s + chunk]
+        d = np.empty((len(block), len(centroids)), np.float32)
+        d[:] = (block ** 2).sum(1)[:, None] - 2 * block @ centroids.T + c2[None]
+        col = np.where(allowed[s:s + chunk], d[:, c], np.inf)
+        i = int(np.argmin(col))
+        if col[i] < best_d:
+            best, best_d = s + i, col[i]
+    return best
 
 
 def _squared_distances(x: np.ndarray, centroids: np.ndarray, chunk: int = 8192) -> np.ndarray:

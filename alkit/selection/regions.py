@@ -33,18 +33,22 @@ row-major order, not in an order set by rounding noise), a window of zeros score
 far it lies from the origin, and any brute-force sum of the same integers agrees. Values smaller
 than the step (below ``max|map| * 2**-39`` in the example) count as 0.
 
+Not every window is summed: :mod:`alkit.selection.window_search` bounds groups of windows from block
+sums and sums exactly only those that could win, keeping the sums for later picks
+(:class:`StandardSearch`); the picks are those of summing every window, ties included.
+
 Adaptive selection, which lets the map shape each box, is :mod:`alkit.selection.adaptive`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from alkit.selection.window_search import WindowSearch
 from alkit.wsi.box import Box
 
 log = logging.getLogger(__name__)
@@ -149,33 +153,63 @@ def select_standard(score_map: np.ndarray, size: int, n: int,
     taken and no labeled box, until ``n`` are taken or no window with a positive sum is left.
     """
     size, n = check_size_n(size, n)
-    m = clean_map(score_map)
-    height, width = m.shape
-    if n == 0 or m.size == 0:
+    if n == 0:
         return []
-    wh, ww = min(size, height), min(size, width)
-    scores = _window_sums(m, wh, ww)
-    if scores is None:
-        return []
-    oh, ow = scores.shape  # window origins: y in [0, oh), x in [0, ow)
-    blocked = cover_cells(box_array(labeled))
-    for bx, by, bw, bh in blocked:
-        _suppress(scores, bx, by, bw, bh, wh, ww)
-    rowmax = scores.max(axis=1)
+    search = StandardSearch(score_map, size, labeled, expected=n)
     picks: list[Region] = []
     while len(picks) < n:
-        oy = int(np.argmax(rowmax))
-        if not rowmax[oy] > 0:
+        pick = search.take()
+        if pick is None:
             break
-        ox = int(np.argmax(scores[oy]))
-        pick = Region(ox, oy, ww, wh)
         picks.append(pick)
-        y0, y1 = _suppress(scores, ox, oy, ww, wh, wh, ww)
-        rowmax[y0:y1] = scores[y0:y1].max(axis=1)
-    verify_picks(picks, blocked, m.shape)
+    search.verify()
     log.debug("standard selection: %d of %d boxes of %dx%d on a %dx%d map",
-              len(picks), n, ww, wh, width, height)
+              len(picks), n, search.ww, search.wh, search.shape[1], search.shape[0])
     return picks
+
+
+class StandardSearch:
+    """Standard selection one pick at a time, window sums computed once and reused across picks.
+
+    :meth:`take` returns the best free window (as :func:`select_standard` would pick next) and blocks
+    it; :meth:`block` blocks a box taken elsewhere (say, from another class's map), so several maps
+    can share a budget without summing their windows again for every pick.
+    """
+
+    def __init__(self, score_map: np.ndarray, size: int, labeled: Iterable[Box] = (), expected: int = 1):
+        size, _ = check_size_n(size, 0)
+        m, lo, hi = _clean_map_range(score_map)
+        self.shape = m.shape
+        height, width = m.shape
+        self.wh, self.ww = min(size, height), min(size, width)
+        self.blocked = cover_cells(box_array(labeled))
+        self.taken: list[Region] = []
+        self.search = WindowSearch(m, self.wh, self.ww, lo, hi, expected) if m.size else None
+        if self.search is not None:
+            for bx, by, bw, bh in self.blocked:
+                self.search.suppress(int(bx), int(by), int(bw), int(bh))
+
+    def take(self) -> Region | None:
+        """The best free window with a positive sum, now blocked; None when there is none."""
+        found = self.search.best() if self.search is not None else None
+        if found is None:
+            return None
+        pick = Region(found[0], found[1], self.ww, self.wh)
+        self.search.suppress(*pick)
+        self.taken.append(pick)
+        return pick
+
+    def block(self, box: Box) -> None:
+        """No later pick overlaps ``box`` (map cells; fractional boxes block every cell they touch)."""
+        for bx, by, bw, bh in cover_cells(box_array([box])):
+            if self.search is not None:
+                self.search.suppress(int(bx), int(by), int(bw), int(bh))
+            self.blocked = np.vstack([self.blocked, np.array([[bx, by, bw, bh]], self.blocked.dtype)])
+
+    def verify(self) -> None:
+        """Check the picks so far against the invariants (:func:`verify_picks`): inside the map, not
+        overlapping each other, labeled or blocked boxes."""
+        verify_picks(self.taken, self.blocked, self.shape)
 
 # ---------------------------------------------------------------------------------------- internals
 
@@ -189,6 +223,11 @@ def check_size_n(size: int, n: int) -> tuple[int, int]:
 
 def clean_map(score_map: np.ndarray) -> np.ndarray:
     """The map as a float32/float64 2-D array with NaN as 0 (a copy only when NaN must go)."""
+    return _clean_map_range(score_map)[0]
+
+
+def _clean_map_range(score_map: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """:func:`clean_map` and the map's minimum and maximum (0, 0 for an empty map)."""
     m = np.asarray(score_map)
     if m.ndim != 2:
         raise ValueError(f"a score map must be 2-D, got shape {m.shape}")
@@ -201,14 +240,14 @@ def clean_map(score_map: np.ndarray) -> np.ndarray:
     elif m.dtype.itemsize > 8:
         m = m.astype(np.float64)
     if m.size == 0:
-        return m
+        return m, 0.0, 0.0
     lo, hi = m.min(), m.max()
     if np.isnan(lo) or np.isnan(hi):
         m = np.where(np.isnan(m), m.dtype.type(0), m)
         lo, hi = m.min(), m.max()
     if not (np.isfinite(lo) and np.isfinite(hi)):
         raise ValueError("a score map must not hold infinite values")
-    return m
+    return m, float(lo), float(hi)
 
 
 def box_array(boxes: Iterable[Box] | np.ndarray) -> np.ndarray:
@@ -238,65 +277,6 @@ def _cumsum_rows_inplace(a: np.ndarray) -> None:
     """Cumulative sum down the rows, in place (numpy's axis-0 cumsum is ~5x slower than this loop)."""
     for i in range(1, a.shape[0]):
         np.add(a[i - 1], a[i], out=a[i])
-
-
-def _window_sums(m: np.ndarray, wh: int, ww: int, band: int = 32) -> np.ndarray | None:
-    """Exact sums of all wh × ww windows, indexed by origin (y, x); None when the map is all 0.
-
-    The map is rounded to multiples of 2**-e, e chosen so that every partial sum below (a row
-    prefix of at most W cells; a window sum plus two row sums, at most (wh+2)·ww cells) stays under
-    2**52 steps: float64 then adds these integers exactly. The values returned are in steps (scaled
-    by 2**e), which keeps order and sign, all that selection needs.
-
-    Rows are processed in bands of ``band`` rows whose intermediates stay in cache: each band is
-    scaled, rounded and turned into row window sums (a cumsum along the row), and the running
-    column sums advance as far as the rows done so far allow. The output buffer is the only large
-    allocation: the row sums of map row r go to its row r + 1, and the window sums of origin row i
-    then overwrite row i, computed from row i - 1 (the previous window), row i (map row i - 1,
-    leaving) and row i + wh (map row i + wh - 1, entering).
-    """
-    height, width = m.shape
-    amax = float(max(-m.min(), m.max()))
-    if amax == 0.0:
-        return None
-    cells = max(width, (wh + 2) * ww)
-    exponent = 52 - math.frexp(amax)[1] - cells.bit_length()  # amax·2**e·cells < 2**52
-    oh, ow = height - wh + 1, width - ww + 1
-    out = np.empty((height + 1, ow))
-    scaled = np.empty((min(band, height), width))
-    prefix = np.zeros((min(band, height), width + 1))
-    done = 0  # origin rows whose window sums are final
-    for a in range(0, height, band):
-        b = min(a + band, height)
-        s, p = scaled[:b - a], prefix[:b - a]
-        if -1000 <= exponent <= 1000:  # multiplying by an exact power of two is exact, and faster
-            np.multiply(m[a:b], math.ldexp(1.0, exponent), out=s, dtype=np.float64)
-        else:
-            np.ldexp(m[a:b], exponent, out=s, dtype=np.float64)
-        np.rint(s, out=s)
-        np.cumsum(s, axis=1, out=p[:, 1:])
-        np.subtract(p[:, ww:], p[:, :ow], out=out[a + 1:b + 1])  # row sums of rows a .. b-1
-        if done == 0 and b >= wh:
-            np.sum(out[1:wh + 1], axis=0, out=out[0])
-            done = 1
-        while 0 < done < oh and done + wh <= b:  # origin row i needs the row sums of rows < i + wh
-            i = done
-            np.subtract(out[i + wh], out[i], out=out[i])  # row i+wh-1 enters, row i-1 leaves
-            np.add(out[i], out[i - 1], out=out[i])
-            done += 1
-    return out[:oh]
-
-
-def _suppress(scores: np.ndarray, bx: int, by: int, bw: int, bh: int, wh: int,
-              ww: int) -> tuple[int, int]:
-    """Mark every window origin whose wh × ww window overlaps box (bx, by, bw, bh); rows touched."""
-    oh, ow = scores.shape
-    y0, y1 = max(by - wh + 1, 0), min(by + bh, oh)
-    x0, x1 = max(bx - ww + 1, 0), min(bx + bw, ow)
-    if y0 < y1 and x0 < x1:
-        scores[y0:y1, x0:x1] = -np.inf
-        return y0, y1
-    return 0, 0
 
 
 def verify_picks(picks: list[Region], blocked: np.ndarray, shape: tuple[int, int]) -> None:

@@ -138,3 +138,11 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def pytest_terminal_summary(terminalreporter, config) -> None:
+    """The test order's seed, also under ``-q`` (which hides pytest-randomly's header): a failure that only
+    shows in one order reruns in that order with ``-p randomly --randomly-seed=SEED``."""
+    seed = getattr(config.option, "randomly_seed", None)
+    if seed is not None and config.pluginmanager.hasplugin("randomly"):
+        terminalreporter.write_line(f"tests ran in random order: rerun it with -p randomly --randomly-seed={seed}")

@@ -25,8 +25,8 @@ CLASSES = ("tumor", "normal", "artefact")
 
 
 @pytest.fixture(scope="module")
-def clip(tiny_clip_spec):
-    torch.set_num_threads(1)
+def clip(tiny_clip_spec, one_torch_thread):
+    """One torch thread while this module runs (restored after it, not leaked into later modules)."""
     return get_encoder(tiny_clip_spec)
 
 

@@ -100,6 +100,7 @@ def _non_trivial_png(path: Path) -> bool:
 def test_comparison_is_tracked_resumable_and_summarised(demo_study, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = load_config(demo_study)
+    config.out = tmp_path / "results"  # pools and prototypes of this test's own, none another test left
     assert config.cycles == 2 and "full" in config.strategies
     runs = run_study(config, tracking_uri=uri, progress=False)
     assert sorted(r["params"]["strategy"] for r in runs) == ["diversity", "full", "prototype", "random"]
@@ -119,6 +120,16 @@ def test_comparison_is_tracked_resumable_and_summarised(demo_study, tmp_path):
         assert {"cycle_0", "pool", "config.json"} <= artefacts and ("cycle_1" in artefacts) != full
         cycle0 = {a.path for a in MlflowClient(uri).list_artifacts(r["run_id"], "cycle_0")}
         assert {"cycle_0/regions.json", "cycle_0/qupath", "cycle_0/png"} <= cycle0
+        if not full:  # each export says which run, strategy, budget and prototype set picked its regions
+            for cycle in (0, 1):
+                doc = json.loads(Path(MlflowClient(uri).download_artifacts(
+                    r["run_id"], f"cycle_{cycle}/regions.json", str(tmp_path / r["run_id"] / str(cycle)))).read_text())
+                prov = doc["provenance"]
+                assert prov["cycle"] == cycle and prov["run_key"] and prov["seed"] == 0
+                assert prov["budget"] == {"n": 1, "size_px": 1024}
+                assert prov["strategy"] == (r["params"]["strategy"] if cycle == 0 else "uncertainty")
+                assert bool(prov["prototype_set"]) == (cycle == 0 and r["params"]["strategy"] == "prototype")
+                assert {reg["cycle"] for reg in doc["regions"]} <= {cycle}
     client = MlflowClient(uri)
     parent = client.get_run(runs.mlflow.run_id)  # one parent run per study, the grid nested under it
     assert parent.data.tags["alkit.role"] == "study" and parent.data.tags["alkit.study"] == config.study
@@ -241,6 +252,7 @@ def test_comparison_against_a_real_tracking_server(demo_study, tmp_path, capsys)
     try:
         config = load_config(demo_study)
         config.strategies = ["random"]
+        config.out = tmp_path / "results"  # no pool another test left: the run trains through the server
         runs = run_study(config, tracking_uri=info.uri, progress=False)
         client = MlflowClient(info.uri)
         experiment = client.get_experiment_by_name(config.study).experiment_id
@@ -248,6 +260,8 @@ def test_comparison_against_a_real_tracking_server(demo_study, tmp_path, capsys)
         assert [r.info.run_id for r in found] == [runs[0]["run_id"]]
         assert found[0].info.status == "FINISHED" and found[0].data.params["strategy"] == "random"
         assert len(client.get_metric_history(found[0].info.run_id, "iou_tumour")) == 2
+        # trained here, through the server (not resumed from a pool file): every fit logged its curve
+        assert client.get_metric_history(found[0].info.run_id, "cycle1-train_loss")
         summary = summarise_study(runs, tmp_path / "summary")  # on the server: teammates see it
         assert "summary/summary.md" in {a.path for a in client.list_artifacts(runs.mlflow.run_id, "summary")}
         _print_summary(summary, info.uri)
@@ -262,6 +276,7 @@ def test_shards_of_a_study_share_one_parent_finished_with_the_grid(demo_study, t
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = load_config(demo_study)
     config.strategies, config.cycles = ["random", "full"], 1
+    config.out = tmp_path / "results"  # a 2-cycle pool of another test would otherwise resume these runs
     first = run_study(config, tracking_uri=uri, progress=False, shard=(1, 2))
     client = MlflowClient(uri)
     assert [r["params"]["strategy"] for r in first] == ["random"]

@@ -54,12 +54,18 @@ OVERLAP_REASON_TAG = "alkit.evaluation_overlap"
 class SelectionArtefacts(LoopCallback):
     """Logs every cycle's picks to the run: regions.json, QuPath / ASAP files and score-map PNGs."""
 
-    def __init__(self, run: RunHandle) -> None:
+    def __init__(self, run: RunHandle, provenance: dict | None = None,
+                 acquisition_params: dict | None = None) -> None:
         self.run = run
+        self.provenance = provenance or {}  # the initial strategy's: run, params, prototype set, budget, seed
+        self.acquisition_params = acquisition_params or {}
 
     def on_labeled(self, loop: ActiveLearningLoop, cycle: int, selection: Selection) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            write_selection(selection, loop.cohort, tmp)  # regions.json, qupath/, asap/, png/
+        provenance = dict(self.provenance)
+        if cycle > 0:  # picked by acquisition, not by the initial strategy
+            provenance.update(params=self.acquisition_params, prototype_set=None)
+        with tempfile.TemporaryDirectory() as tmp:  # regions.json, qupath/, asap/, png/
+            write_selection(selection, loop.cohort, tmp, cycle=cycle, provenance=provenance)
             self.run.log_artifact(tmp, f"cycle_{cycle}")
         self.run.heartbeat()
 
@@ -264,12 +270,17 @@ def _run_grid(config: StudyConfig, tracker: Tracker, parent: RunHandle, points: 
                 "uncertainty", **strategy_params(config, "uncertainty"), **config.acquisition)
             # the reference ignores its budget (n = 0; a Budget needs a positive size)
             budget = Budget(0, max(config.l)) if reference else Budget(n, l)
+            export_provenance = {
+                "command": f"alkit compare {config.path} (study {config.study!r}, run {name})", "params": params["strategy_params"],
+                "prototype_set": params["prototypes"] or None, "selector": config.selector,
+                "budget": {"n": n, "size_px": l}, "seed": seed, "run_key": key}
             curves = run.lightning_logger(prefix="cycle0")  # per-epoch training curves of every fit
             task = task_cls.from_params(oracle, config.task_params, seed=seed, logger=curves)
             loop = ActiveLearningLoop(task, inputs.cohorts["train"], initial, acquisition, budget, cycles,
                                       LabeledPool.open(pool_path), test_cohort=inputs.cohorts["test"],
                                       validation_cohort=inputs.cohorts["validation"], seed=seed,
-                                      callbacks=[SelectionArtefacts(run), FitCurves(run, curves)])
+                                      callbacks=[SelectionArtefacts(run, export_provenance, config.acquisition),
+                                                 FitCurves(run, curves)])
             # metrics come from the pool, so cycles finished before an interruption are logged too
             for result in loop.run():
                 run.log_metrics(numeric_metrics(result.metrics), step=result.cycle)

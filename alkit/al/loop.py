@@ -27,7 +27,7 @@ from alkit.al.areas import tissue_mm2
 from alkit.al.pool import LabeledPool
 from alkit.al.task import Task
 from alkit.embeddings.cohort import Cohort
-from alkit.selection.strategy import Budget, Selection, Strategy
+from alkit.selection.strategy import Budget, Labeled, Selection, Strategy
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,11 @@ class LoopCallback:
     def on_fit_start(self, loop: ActiveLearningLoop, cycle: int) -> None:
         """The task's model is about to be trained on the regions of cycles ≤ ``cycle`` (e.g. to log
         each fit's training curves apart)."""
+
+
+def train_metrics(summary: dict | None) -> dict:
+    """The numbers of a fit's training summary, as a cycle's ``train_*`` metrics."""
+    return {f"train_{k}": v for k, v in (summary or {}).items() if isinstance(v, (int, float))}
 
 
 @dataclass
@@ -78,15 +83,28 @@ class ActiveLearningLoop:
     def _rng(self, cycle: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, cycle])
 
-    def label(self, cycle: int, strategy: Strategy) -> list:
-        """Choose the regions of ``cycle`` with ``strategy``, have them reported on, add them to the pool."""
-        selection = strategy.select(self.cohort, self.budget, self._rng(cycle), labeled=self.pool.labeled())
-        reports = [self.task.region_report(self.cohort.slide(pick.slide), pick.box) for pick in selection.regions]
+    def choose(self, cycle: int, strategy: Strategy, exclude: Labeled | None = None) -> Selection:
+        """The regions ``strategy`` chooses for ``cycle`` (seeded by the cycle), overlapping no labeled
+        region nor any box of ``exclude`` (e.g. regions an annotator skipped)."""
+        labeled = self.pool.labeled()
+        for slide, boxes in (exclude or {}).items():
+            labeled.setdefault(slide, []).extend(boxes)
+        return strategy.select(self.cohort, self.budget, self._rng(cycle), labeled=labeled)
+
+    def record(self, cycle: int, selection: Selection, reports: Sequence | None = None) -> list:
+        """Add the regions of ``selection`` to the pool as labeled in ``cycle``, with the annotator's
+        ``reports`` (default: the task's own oracle reports on each region) and save."""
+        if reports is None:
+            reports = [self.task.region_report(self.cohort.slide(pick.slide), pick.box) for pick in selection.regions]
         self.pool.add(selection.regions, cycle, reports)
-        log.info("cycle %d: labeled %d regions with %s", cycle, len(selection.regions), strategy.name)
+        log.info("cycle %d: labeled %d regions with %s", cycle, len(selection.regions), selection.strategy)
         for cb in self.callbacks:
             cb.on_labeled(self, cycle, selection)
         return selection.regions
+
+    def label(self, cycle: int, strategy: Strategy) -> list:
+        """Choose the regions of ``cycle`` with ``strategy``, have them reported on, add them to the pool."""
+        return self.record(cycle, self.choose(cycle, strategy))
 
     def evaluate(self) -> dict:
         """The task's metrics of the current model and the annotation budget used so far."""
@@ -112,8 +130,7 @@ class ActiveLearningLoop:
                 self.fit(max_cycle=cycle - 1)
                 self.label(cycle, self.acquisition)
             summary = self.fit()
-            metrics = self.evaluate() | {f"train_{k}": v for k, v in (summary or {}).items()
-                                         if isinstance(v, (int, float))}
+            metrics = self.evaluate() | train_metrics(summary)
             self.pool.record_metrics(cycle, metrics)
             log.info("cycle %d: %s", cycle, {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()
                                              if not isinstance(v, dict)})

@@ -55,12 +55,22 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
+    from alkit.embeddings.encoders.hub import check_encoder_weights
+
+    check_encoder_weights(args.encoder)  # missing hub weights: one line, before any slide or torch
+    from alkit.embeddings.cached import cached_stores
     from alkit.embeddings.cohort import expand_slide_paths
+
+    paths = expand_slide_paths(args.slides)
+    # a fully cached rerun is answered without importing torch or Lightning
+    cached = cached_stores(paths, args.out, encoder=args.encoder, mpp=args.mpp, patch=args.patch,
+                           stride=args.stride, min_tissue=args.min_tissue, slide_mpp=args.slide_mpp)
+    if cached is not None:
+        print(f"{len(cached)} stores in {args.out} ({len(cached)} were already there)")
+        return 0
     from alkit.embeddings.embed import EmbedConfig, Embedder
 
     _quiet_lightning()
-
-    paths = expand_slide_paths(args.slides)
     config = EmbedConfig(encoder=args.encoder, mpp=args.mpp, patch=args.patch, stride=args.stride,
                          min_tissue=args.min_tissue, batch_size=args.batch_size, num_workers=args.workers,
                          accelerator=args.accelerator, devices=_devices(args.devices), strategy=args.strategy,
@@ -134,6 +144,9 @@ def _cmd_prototypes_build(args: argparse.Namespace) -> int:
     import re
     from pathlib import Path
 
+    from alkit.embeddings.encoders.hub import check_encoder_weights
+
+    check_encoder_weights(args.encoder)  # missing hub weights: one line, before the database or torch
     from alkit.captions import ImagePrep, read_id_list, write_hits
     from alkit.embeddings.encoders import get_encoder
     from alkit.embeddings.store import read_attrs
@@ -272,15 +285,50 @@ def _add_prototype_commands(sub) -> None:
     build.set_defaults(func=_cmd_prototypes_build)
 
 
+def _cmd_import_features(args: argparse.Namespace) -> int:
+    from alkit.embeddings.foreign import import_features
+
+    stores = import_features(args.features, args.out, args.format, slides_dir=args.slides, slide_mpp=args.slide_mpp,
+                             encoder=args.encoder, patch_px=args.patch_px, coords_dir=args.coords, snap=args.snap,
+                             progress=not args.quiet)
+    print(f"imported {len(stores)} {args.format} feature files as stores in {args.out}")
+    return 0
+
+
+def _add_session_commands(sub) -> None:
+    """``alkit session init | next | ingest | train | status`` (commands in :mod:`alkit.session.cli`)."""
+    from alkit.session.cli import add_session_commands
+
+    add_session_commands(sub, whole=_whole, number=_number, seed=SEED, out_dir=_out_dir)
+
+
+def _cmd_encoders(args: argparse.Namespace) -> int:
+    from alkit.embeddings.encoders.cards import encoder_card, format_table
+
+    if args.spec:
+        card = encoder_card(args.spec)
+        for key, value in vars(card).items():
+            if value not in ((), None, "") or key in ("dim", "input_size"):
+                print(f"{key:13} {value}")
+        return 0
+    print(format_table(markdown=args.markdown))
+    return 0
+
+
 def _cmd_select(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
     import numpy as np
 
     from alkit.embeddings.cohort import Cohort
     from alkit.selection.export import write_selection
-    from alkit.selection.strategy import Budget, StrategyError, get_strategy
+    from alkit.selection.sizing import RegionSize, select_regions
+    from alkit.selection.strategy import StrategyError, get_strategy
 
     cohort = Cohort.from_store_dir(args.stores, encoder=args.encoder)
     params = {}
+    prototype_set = None
     if args.strategy == "prototype":
         if not args.prototypes:
             raise StrategyError("--prototypes DIR is required for the prototype strategy (alkit prototypes build)")
@@ -288,11 +336,38 @@ def _cmd_select(args: argparse.Namespace) -> int:
         if args.classes:
             params["classes"] = args.classes.split(",")
     strategy = get_strategy(args.strategy, **params)
-    selection = strategy.select(cohort, Budget(args.n, args.size), np.random.default_rng(args.seed))
-    regions = write_selection(selection, cohort, args.out, png=not args.no_png)
+    if args.prototypes and args.strategy == "prototype":  # the set's id: its folder and archive digest
+        try:
+            digest = json.loads((Path(args.prototypes) / "prototypes.json").read_text())["npz"]["sha256"]
+            prototype_set = f"{Path(args.prototypes).resolve().name}@{str(digest)[:16]}"
+        except (OSError, ValueError, KeyError, TypeError):
+            prototype_set = str(Path(args.prototypes).resolve())
+    if args.size is not None and args.size_um is not None:
+        raise AlkitError("give the region side as --size (level-0 px) or --size-um (µm), not both")
+    size = RegionSize(um=args.size_um) if args.size_um is not None else RegionSize(px=args.size or 8192)
+    selection = select_regions(strategy, cohort, args.n, size, np.random.default_rng(args.seed))
+    options = ("stores", "strategy", "n", "size", "size_um", "prototypes", "selector", "classes", "encoder", "seed",
+               "no_png", "out")
+    command = "alkit select" + "".join(
+        f" --{k.replace('_', '-')}" + ("" if v is True else f" {v}")
+        for k in options if (v := getattr(args, k, None)) not in (None, False))
+    provenance = {"command": command,
+                  "params": {k: (str(Path(v).resolve()) if k == "prototypes" else v) for k, v in params.items()},
+                  "prototype_set": prototype_set, "selector": args.selector if args.strategy == "prototype" else None,
+                  "budget": size.budget_dict(args.n), "seed": args.seed}
+    files = write_selection(selection, cohort, args.out, png=not args.no_png, provenance=provenance)
     short = sum(v for v in selection.shortfall.values() if v > 0)
-    print(f"{len(selection.regions)} regions on {len(cohort)} slides -> {regions}"
+    print(f"{len(selection.regions)} regions on {len(cohort)} slides -> {files.regions}"
           + (f" ({short} short of the budget, see the warnings)" if short else ""))
+    for kind, paths in sorted(files.by_kind().items()):
+        if not kind:
+            continue
+        if len(paths) <= 6:
+            print(f"{kind + ':':8} " + "  ".join(str(p) for p in paths))
+        else:
+            print(f"{kind + ':':8} {len(paths)} files in {paths[0].parent}")
+    if files.removed:
+        print(f"removed: {len(files.removed)} stale file(s) of an earlier export in {args.out}")
     return 0
 
 
@@ -462,7 +537,8 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--out", required=True, type=_out_dir, help="folder of the stores")
     embed.add_argument("--encoder", default="handcrafted",
                        help="encoder spec: handcrafted | resnet18[@imagenet|@CKPT] | open_clip:ARCH[@WEIGHTS] | "
-                            "plip[@DIR] (default handcrafted: offline, no download)")
+                            "plip[@DIR] | timm:ARCH[@WEIGHTS] | uni, virchow2, h-optimus-0, ... [@WEIGHTS] "
+                            "(`alkit encoders` lists them; default handcrafted: offline, no download)")
     embed.add_argument("--mpp", type=MPP, default=None, help="patch resolution (default: the encoder's)")
     embed.add_argument("--patch", type=_whole(8, 65536), default=256, help="patch side in px at --mpp (default 256)")
     embed.add_argument("--stride", type=_whole(1, 65536), default=None,
@@ -480,12 +556,21 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--precision", default=None, help="Lightning precision, e.g. bf16-mixed")
     embed.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     embed.set_defaults(func=_cmd_embed)
+    encoders = sub.add_parser("encoders", help="list the encoders by name: dimension, default mpp, text tower, gating")
+    encoders.add_argument("spec", nargs="?", default=None, help="show one encoder's card (e.g. virchow2)")
+    encoders.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    encoders.set_defaults(func=_cmd_encoders)
     _add_prototype_commands(sub)
+    _add_session_commands(sub)
     select = sub.add_parser("select", help="choose the regions to annotate: random, diversity or prototype")
     select.add_argument("--stores", required=True, help="folder of embedding stores (alkit embed --out)")
     select.add_argument("--strategy", required=True, help="random | diversity | prototype | an installed plugin")
     select.add_argument("--n", type=_whole(1, 10000), default=3, help="regions per slide (default 3)")
-    select.add_argument("--size", type=_whole(16, 1 << 20), default=8192, help="region side in level-0 px (default 8192)")
+    select.add_argument("--size", type=_whole(16, 1 << 20), default=None,
+                        help="region side in level-0 px (default 8192)")
+    select.add_argument("--size-um", type=_number(1, 1e6), default=None, metavar="UM",
+                        help="region side in µm instead, converted per slide with its mpp (equal physical regions "
+                             "on mixed-resolution cohorts)")
     select.add_argument("--prototypes", default=None, help="prototype set folder (alkit prototypes build)")
     select.add_argument("--selector", default="standard", choices=["standard", "adaptive"])
     select.add_argument("--classes", default=None, help="comma-separated classes of the prototype set to use")
@@ -494,6 +579,27 @@ def build_parser() -> argparse.ArgumentParser:
     select.add_argument("--no-png", action="store_true", help="skip the overview PNGs")
     select.add_argument("--out", required=True, type=_out_dir, help="output folder (regions.json, qupath/, asap/, png/)")
     select.set_defaults(func=_cmd_select)
+    imp = sub.add_parser("import-features", help="turn TRIDENT or CLAM feature files (.h5) into embedding stores")
+    imp.add_argument("--format", required=True, choices=("trident", "clam"), help="the tool that wrote the files")
+    imp.add_argument("--features", required=True, nargs="+", metavar="PATH",
+                     help="feature files or folders of them (one SLIDE.h5 per slide)")
+    imp.add_argument("--slides", default=None, metavar="DIR",
+                     help="folder of the slides (matched by file stem): size, mpp and alkit's tissue fractions")
+    imp.add_argument("--slide-mpp", type=MPP, default=None,
+                     help="level-0 µm/px: for slides whose files lack it, or all slides without --slides")
+    imp.add_argument("--encoder", default=None,
+                     help="encoder name for the stores (default FORMAT:NAME from the files); give the alkit spec "
+                          "of the same model to build prototypes with it")
+    imp.add_argument("--patch-px", type=_number(0, 1 << 20, lo_open=True), default=None,
+                     help="patch side in level-0 px, for files that do not record it (CLAM)")
+    imp.add_argument("--coords", default=None, metavar="DIR",
+                     help="CLAM: its patches/ folder (SLIDE.h5 with the patch size and level)")
+    imp.add_argument("--snap", action="store_true",
+                     help="place patches of shifted or per-contour grids in the nearest alkit cell "
+                          "(moves each by at most half a stride)")
+    imp.add_argument("--out", required=True, type=_out_dir, help="folder of the stores")
+    imp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    imp.set_defaults(func=_cmd_import_features)
     compare = sub.add_parser("compare", help="run a study config: strategies x budgets x seeds, tracked in MLflow")
     compare.add_argument("config", metavar="CONFIG", nargs="?", default=None, help="study YAML (see experiments/)")
     compare.add_argument("--schema", action="store_true",
@@ -527,6 +633,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AlkitError as exc:
         print(f"alkit: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, the shell's 128 + SIGINT; atomic writes left nothing half written
+        print(f"alkit: interrupted: {args.command} stopped (the files it finished are complete)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

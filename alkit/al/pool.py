@@ -192,6 +192,17 @@ def _region(path: Path, i: int, record: object) -> LabeledRegion:
         raise PoolError(f"{where}: 'cycle' must be a whole number, got {record.get('cycle')!r:.40}")
     if not isinstance(record.get("strategy"), str):
         raise PoolError(f"{where}: 'strategy' must be a string, got {record.get('strategy')!r:.40}")
+    if record.get("cls") is not None and not isinstance(record["cls"], str):
+        raise PoolError(f"{where}: 'cls' must be a string or null, got {record['cls']!r:.40}")
+    own = set(LabeledRegion.__dataclass_fields__) - {"findings"}
+    numbers = {"score": record.get("score"), "tissue_mm2": record.get("tissue_mm2"),
+               **{k: v for k, v in record.items() if k not in own}}  # the findings: the task's counts and areas
+    for key, value in numbers.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise PoolError(f"{where}: {key!r} must be a number, got {value!r:.40}")
+    tissue = record.get("tissue_mm2")
+    if tissue is not None and not (np.isfinite(tissue) and tissue >= 0):
+        raise PoolError(f"{where}: 'tissue_mm2' must be a finite area >= 0, got {tissue!r}")
     try:
         return LabeledRegion.from_dict(record)
     except (KeyError, TypeError, ValueError) as exc:

@@ -80,3 +80,48 @@ def test_annotated_tissue_percent_on_the_cohort_grids(embedded_cohort):
     inside = sum(g.tissue_fraction[:, :h].sum() for g, h in zip(grids, half))
     expected = inside / sum(g.tissue_fraction.sum() for g in grids)
     assert annotated_tissue_percent(left) == pytest.approx(100 * expected)
+
+
+def test_evaluate_slide_refuses_maps_that_are_not_one_2d_grid():
+    with pytest.raises(ValueError) as err:
+        evaluate_slide("s", np.zeros((2, 2)), np.zeros((2, 3)))
+    assert "(2, 2)" in str(err.value) and "(2, 3)" in str(err.value) and "2-D" in str(err.value)
+    with pytest.raises(ValueError, match="2-D"):  # same shape, but not a grid
+        evaluate_slide("s", np.zeros(4), np.zeros(4))
+    with pytest.raises(ValueError, match="2-D"):
+        evaluate_slide("s", np.zeros((1, 2, 2)), np.zeros((1, 2, 2)))
+
+
+def test_slide_iou_takes_float_and_integer_masks_as_truthiness():
+    pred = np.array([[1.0, 1.0, 0.0, 0.0]])  # masks as read from images or arrays of 0/1 floats
+    truth = np.array([[0.0, 1.0, 1.0, 0.0]])
+    assert slide_iou(pred, truth) == pytest.approx(1 / 3)
+    assert slide_iou(pred, truth == 1) == pytest.approx(1 / 3)
+    assert slide_iou(pred == 1, truth) == pytest.approx(1 / 3)
+    assert slide_iou(pred.astype(np.uint8) * 2, truth.astype(np.uint8)) == pytest.approx(1 / 3)  # labels 0/2
+    assert slide_iou(pred, truth, np.array([[False, True, True, True]])) == pytest.approx(1 / 2)
+
+
+def test_empty_cohorts_give_nan_without_numpy_warnings():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "mean of empty slice" / "invalid value" noise in users' logs
+        assert math.isnan(slide_iou(np.zeros((2, 2), bool), np.zeros((2, 2), bool)))
+        s = summarise([])
+        assert math.isnan(s["iou_tumour"]) and math.isnan(s["fp_rate_tumour_free"])
+        assert (s["n_tumour_slides"], s["n_tumour_free_slides"], s["iou_per_slide"]) == (0, 0, {})
+
+
+def test_a_slide_with_no_evaluated_cell_does_not_enter_the_false_positive_rate():
+    clean = SlideMetrics("c", tp=0, fp=3, fn=0, tn=27)  # FPR 0.1
+    nothing = evaluate_slide("n", np.ones((2, 2)), np.zeros((2, 2)), np.zeros((2, 2), bool))
+    assert nothing.n_cells == 0 and math.isnan(nothing.fp_rate)
+    s = summarise([clean, nothing])
+    assert s["fp_rate_tumour_free"] == pytest.approx(0.1) and s["n_tumour_free_slides"] == 1
+
+
+def test_slide_metrics_record_has_counts_and_derived_figures():
+    record = SlideMetrics("a", tp=2, fp=1, fn=1, tn=6).to_dict()
+    assert record == {"slide_id": "a", "tp": 2, "fp": 1, "fn": 1, "tn": 6, "iou": pytest.approx(0.5),
+                      "fp_rate": pytest.approx(1 / 7), "has_tumour": True}

@@ -74,6 +74,13 @@ def test_usage_errors_exit_2_with_the_usage_on_stderr(tmp_path, argv, complaint)
     assert not list(tmp_path.iterdir())  # nothing written (no OUT, no o/)
 
 
+def default_sigint() -> None:
+    """Run in the child before exec: SIGINT back to its default, as in a terminal. A shell starting a job in
+    the background (CI runners do) ignores SIGINT, children inherit that, and Python then installs no
+    KeyboardInterrupt handler: Ctrl-C would be ignored, which is not what these tests are about."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def wait_for(condition, proc: subprocess.Popen, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -89,7 +96,8 @@ def wait_for(condition, proc: subprocess.Popen, timeout: float, what: str) -> No
 def test_ctrl_c_during_synth_exits_130_with_one_line_and_only_complete_files(tmp_path):
     out = tmp_path / "cohort"
     proc = subprocess.Popen([sys.executable, "-m", "alkit", "synth", str(out), "--slides", "40", "--size", "3072",
-                             "-q"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "-q"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
     try:
         # interrupt while the second slide is being written: the first is complete, the second half done
         wait_for(lambda: (out / "slides" / "synth_000.tif").exists() and temp_files(out / "slides"), proc, 240,

@@ -82,9 +82,16 @@ def parents(client: MlflowClient) -> list:
     return client.search_runs([experiment.experiment_id], "tags.`alkit.role` = 'study'")
 
 
+def default_sigint() -> None:
+    """Run in the child before exec: SIGINT back to its default, as in a terminal. A shell starting a job in
+    the background (CI runners do) ignores SIGINT, children inherit that, and Python then installs no
+    KeyboardInterrupt handler: Ctrl-C would be ignored, which is not what these tests are about."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_compare(config: Path, uri: str) -> subprocess.Popen:
     return subprocess.Popen(alkit_command("compare", str(config), "--tracking-uri", uri, "-q"), cwd=REPO, env=env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
 
 
 def stop_mid_run(proc: subprocess.Popen, client: MlflowClient, finished: int, sig: int) -> str:

@@ -30,6 +30,7 @@ import logging
 import re
 import tempfile
 from collections.abc import Mapping
+from pathlib import Path
 
 from tqdm.auto import tqdm
 
@@ -55,8 +56,9 @@ class SelectionArtefacts(LoopCallback):
     """Logs every cycle's picks to the run: regions.json, QuPath / ASAP files and score-map PNGs."""
 
     def __init__(self, run: RunHandle, provenance: dict | None = None,
-                 acquisition_params: dict | None = None) -> None:
+                 acquisition_params: dict | None = None, staging: Path | None = None) -> None:
         self.run = run
+        self.staging = staging  # where the files are written before upload: under the study's output folder
         self.provenance = provenance or {}  # the initial strategy's: run, params, prototype set, budget, seed
         self.acquisition_params = acquisition_params or {}
 
@@ -64,7 +66,10 @@ class SelectionArtefacts(LoopCallback):
         provenance = dict(self.provenance)
         if cycle > 0:  # picked by acquisition, not by the initial strategy
             provenance.update(params=self.acquisition_params, prototype_set=None)
-        with tempfile.TemporaryDirectory() as tmp:  # regions.json, qupath/, asap/, png/
+        if self.staging is not None:
+            self.staging.mkdir(parents=True, exist_ok=True)
+        # regions.json, qupath/, asap/, png/, in a hidden folder of the output folder (readers skip it)
+        with tempfile.TemporaryDirectory(prefix=".alkit-export-", dir=self.staging) as tmp:
             write_selection(selection, loop.cohort, tmp, cycle=cycle, provenance=provenance)
             self.run.log_artifact(tmp, f"cycle_{cycle}")
         self.run.heartbeat()
@@ -271,15 +276,16 @@ def _run_grid(config: StudyConfig, tracker: Tracker, parent: RunHandle, points: 
             # the reference ignores its budget (n = 0; a Budget needs a positive size)
             budget = Budget(0, max(config.l)) if reference else Budget(n, l)
             export_provenance = {
-                "command": f"alkit compare {config.path} (study {config.study!r}, run {name})", "params": params["strategy_params"],
-                "prototype_set": params["prototypes"] or None, "selector": config.selector,
+                "command": f"alkit compare {config.path} (study {config.study!r}, run {name})",
+                "params": params["strategy_params"], "prototype_set": params["prototypes"] or None, "selector": config.selector,
                 "budget": {"n": n, "size_px": l}, "seed": seed, "run_key": key}
             curves = run.lightning_logger(prefix="cycle0")  # per-epoch training curves of every fit
             task = task_cls.from_params(oracle, config.task_params, seed=seed, logger=curves)
             loop = ActiveLearningLoop(task, inputs.cohorts["train"], initial, acquisition, budget, cycles,
                                       LabeledPool.open(pool_path), test_cohort=inputs.cohorts["test"],
                                       validation_cohort=inputs.cohorts["validation"], seed=seed,
-                                      callbacks=[SelectionArtefacts(run, export_provenance, config.acquisition),
+                                      callbacks=[SelectionArtefacts(run, export_provenance, config.acquisition,
+                                                                    staging=config.out),
                                                  FitCurves(run, curves)])
             # metrics come from the pool, so cycles finished before an interruption are logged too
             for result in loop.run():

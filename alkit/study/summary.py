@@ -148,7 +148,7 @@ def log_summary(paths: dict[str, Path], location) -> None:
     table = pd.DataFrame(rows, columns=list(rows[0]) if rows else None)
     if TABLE_ARTEFACT in {a.path for a in client.list_artifacts(location.run_id)}:
         # log_table would append the new rows to the old table: replace the file instead (same format)
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory(prefix=".alkit-summary-", dir=Path(paths["csv"]).parent) as tmp:
             table.to_json(Path(tmp) / TABLE_ARTEFACT, orient="split", index=False, date_format="iso")
             client.log_artifact(location.run_id, str(Path(tmp) / TABLE_ARTEFACT))
     else:

@@ -265,7 +265,9 @@ def test_a_store_whose_creation_was_killed_is_rebuilt(tmp_path, caplog):
             continue
         broken = subprocess.run([sys.executable, "-c", plain, f"sqlite:///{db}"], capture_output=True, text=True)
         if broken.returncode != 0:
-            assert "OperationalError" in broken.stderr  # the reported failure, reproduced
+            # the reported failure, reproduced: a missing table, or a schema MLflow takes for an old one
+            assert "OperationalError" in broken.stderr or "out-of-date database schema" in broken.stderr, \
+                broken.stderr[-300:]
             break
     else:
         pytest.skip("no kill left MLflow's store broken (machine too fast or too slow for these delays)")

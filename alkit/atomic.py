@@ -10,11 +10,16 @@ import contextlib
 import logging
 import os
 import re
+import shutil
+import socket
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+#: the name of :func:`staging_folder`'s folders: ``.LABEL@HOST.PID.TAG.tmp`` (a :data:`TEMP_NAME` too)
+STAGING_NAME = re.compile(r"^\.(?P<label>[^@/]+)@(?P<host>[^/]*)\.(?P<pid>\d+)\.(?P<tag>[0-9a-f]{8})\.tmp$")
 
 #: the name of :func:`atomic_path`'s temporary files: ``.NAME.PID.TAG.tmp.SUFFIX`` (TAG: 8 hex digits)
 TEMP_NAME = re.compile(r"^\.(?P<stem>.*)\.(?P<pid>\d+)\.(?P<tag>[0-9a-f]{8})\.tmp(?P<suffix>\.[^.]*)?$")
@@ -100,3 +105,43 @@ def remove_stale_temps(folder: str | os.PathLike, suffix: str | None = None) -> 
     if removed:
         log.info("%s: removed %d temporary file(s) of interrupted runs", folder, len(removed))
     return removed
+
+
+@contextlib.contextmanager
+def staging_folder(parent: str | os.PathLike, label: str) -> Iterator[Path]:
+    """Yields a fresh hidden folder in ``parent`` for files that are written, used (uploaded), then
+    dropped; removes it when the block ends, however it ends. Its name (:data:`STAGING_NAME`) carries
+    this host and process, so :func:`remove_stale_staging` can clear what a killed process left there
+    without touching a live one's, on this or another machine sharing the folder."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    folder = parent / f".{label}@{_host()}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    folder.mkdir()
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def remove_stale_staging(parent: str | os.PathLike, label: str) -> list[Path]:
+    """Remove the ``label`` staging folders (see :func:`staging_folder`) in ``parent`` whose process on
+    this host is gone (a SIGKILL or power cut skips the clean-up). Returns the folders removed."""
+    parent = Path(parent)
+    removed: list[Path] = []
+    if not parent.is_dir():
+        return removed
+    for entry in parent.iterdir():
+        m = STAGING_NAME.match(entry.name)
+        if (not m or m.group("label") != label or m.group("host") != _host() or not entry.is_dir()
+                or process_alive(int(m.group("pid")))):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    if removed:
+        log.info("%s: removed %d staging folder(s) of interrupted runs", parent, len(removed))
+    return removed
+
+
+def _host() -> str:
+    """This machine's name as staging folders carry it (no dots or slashes, so names stay parseable)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname()) or "host"

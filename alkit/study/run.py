@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from tqdm.auto import tqdm
 from alkit import __version__
 from alkit.al.loop import ActiveLearningLoop, LoopCallback
 from alkit.al.pool import LabeledPool
+from alkit.atomic import remove_stale_staging, staging_folder
 from alkit.embeddings.cohort import Cohort
 from alkit.prototypes.prototype_set import PrototypeSet
 from alkit.selection.export import write_selection
@@ -52,13 +52,18 @@ OVERLAP_TAG = "alkit.evaluation_overlaps_training"
 OVERLAP_REASON_TAG = "alkit.evaluation_overlap"
 
 
-class SelectionArtefacts(LoopCallback):
-    """Logs every cycle's picks to the run: regions.json, QuPath / ASAP files and score-map PNGs."""
+#: the label of the staging folders (:func:`alkit.atomic.staging_folder`) a study's exports are written in
+EXPORT_STAGING = "alkit-export"
 
-    def __init__(self, run: RunHandle, provenance: dict | None = None,
-                 acquisition_params: dict | None = None, staging: Path | None = None) -> None:
+
+class SelectionArtefacts(LoopCallback):
+    """Logs every cycle's picks to the run: regions.json, QuPath / ASAP files and score-map PNGs, written
+    in a hidden staging folder of ``staging`` (the study's output folder) and uploaded from there."""
+
+    def __init__(self, run: RunHandle, staging: Path, provenance: dict | None = None,
+                 acquisition_params: dict | None = None) -> None:
         self.run = run
-        self.staging = staging  # where the files are written before upload: under the study's output folder
+        self.staging = staging
         self.provenance = provenance or {}  # the initial strategy's: run, params, prototype set, budget, seed
         self.acquisition_params = acquisition_params or {}
 
@@ -66,10 +71,7 @@ class SelectionArtefacts(LoopCallback):
         provenance = dict(self.provenance)
         if cycle > 0:  # picked by acquisition, not by the initial strategy
             provenance.update(params=self.acquisition_params, prototype_set=None)
-        if self.staging is not None:
-            self.staging.mkdir(parents=True, exist_ok=True)
-        # regions.json, qupath/, asap/, png/, in a hidden folder of the output folder (readers skip it)
-        with tempfile.TemporaryDirectory(prefix=".alkit-export-", dir=self.staging) as tmp:
+        with staging_folder(self.staging, EXPORT_STAGING) as tmp:  # hidden: readers of the folder skip it
             write_selection(selection, loop.cohort, tmp, cycle=cycle, provenance=provenance)
             self.run.log_artifact(tmp, f"cycle_{cycle}")
         self.run.heartbeat()
@@ -154,6 +156,7 @@ def run_study(config: StudyConfig, tracking_uri: str | None = None, progress: bo
     inputs = StudyInputs(config, cohort, test_cohort, validation_cohort, prototypes)
     digest = study_digest(config, inputs.digests)
     tracker.fail_abandoned({"config_hash": digest})  # runs a crash left RUNNING: FAILED, not phantoms
+    remove_stale_staging(config.out, EXPORT_STAGING)  # the exports a killed compare was uploading
     parent, created = tracker.study_run(config.study, digest, params=study_params(config, digest), tags=tags)
     if created:
         inputs.log(parent, with_prototypes=True)
@@ -284,8 +287,8 @@ def _run_grid(config: StudyConfig, tracker: Tracker, parent: RunHandle, points: 
             loop = ActiveLearningLoop(task, inputs.cohorts["train"], initial, acquisition, budget, cycles,
                                       LabeledPool.open(pool_path), test_cohort=inputs.cohorts["test"],
                                       validation_cohort=inputs.cohorts["validation"], seed=seed,
-                                      callbacks=[SelectionArtefacts(run, export_provenance, config.acquisition,
-                                                                    staging=config.out),
+                                      callbacks=[SelectionArtefacts(run, config.out, export_provenance,
+                                                                    config.acquisition),
                                                  FitCurves(run, curves)])
             # metrics come from the pool, so cycles finished before an interruption are logged too
             for result in loop.run():

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -33,7 +32,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from alkit.al.task import DEFAULT_TASK, SummaryPlot, task_class  # noqa: E402
-from alkit.atomic import atomic_path, atomic_write_text  # noqa: E402
+from alkit.atomic import atomic_path, atomic_write_text, remove_stale_staging, staging_folder  # noqa: E402
 
 
 REFERENCE_STRATEGY = "full"
@@ -134,6 +133,10 @@ def summarise_study(runs: list[dict], out: str | os.PathLike) -> StudySummary:
     return StudySummary(paths, location)
 
 
+#: the label of the staging folder (:func:`alkit.atomic.staging_folder`) a replaced summary table is written in
+SUMMARY_STAGING = "alkit-summary"
+
+
 def log_summary(paths: dict[str, Path], location) -> None:
     """Log a summary's files to the run at ``location`` (an :class:`~alkit.study.tracking.MlflowLocation`):
     the table as an MLflow table (``summary_table.json``, ``client.log_table``), the CSV, markdown
@@ -148,7 +151,9 @@ def log_summary(paths: dict[str, Path], location) -> None:
     table = pd.DataFrame(rows, columns=list(rows[0]) if rows else None)
     if TABLE_ARTEFACT in {a.path for a in client.list_artifacts(location.run_id)}:
         # log_table would append the new rows to the old table: replace the file instead (same format)
-        with tempfile.TemporaryDirectory(prefix=".alkit-summary-", dir=Path(paths["csv"]).parent) as tmp:
+        folder = Path(paths["csv"]).parent
+        remove_stale_staging(folder, SUMMARY_STAGING)
+        with staging_folder(folder, SUMMARY_STAGING) as tmp:
             table.to_json(Path(tmp) / TABLE_ARTEFACT, orient="split", index=False, date_format="iso")
             client.log_artifact(location.run_id, str(Path(tmp) / TABLE_ARTEFACT))
     else:

@@ -37,6 +37,7 @@ from alkit.plugins import plugin_entry, plugin_names
 
 if TYPE_CHECKING:
     from alkit.al.pool import LabeledPool
+    from alkit.annotations.drawn import DrawnLabels
     from alkit.embeddings.cohort import Cohort, CohortSlide
 
 ENTRY_POINT_GROUP = "alkit.tasks"
@@ -116,6 +117,12 @@ class Task(Protocol):
     @classmethod
     def build_oracle(cls, ground_truth: Mapping[str, Any], slide_mpp: float | None = None) -> Oracle:
         """The simulated annotator of a checked ``ground_truth`` section (once per study)."""
+        ...
+
+    @classmethod
+    def oracle_from_drawings(cls, drawn: DrawnLabels, mpp: Mapping[str, float]) -> Oracle:
+        """The oracle of what annotators drew (``drawn``: per slide the annotated region boxes and the
+        drawings inside them; ``mpp``: each slide's µm/px), as the task learns from it (``alkit session``)."""
         ...
 
     @classmethod

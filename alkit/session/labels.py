@@ -6,7 +6,8 @@ minus exclusion classes, as :mod:`alkit.tasks.segmentation.oracle` reads them) a
 and drawn points split into mitoses and hard negatives (:func:`~alkit.tasks.detection.labels.mitosis_label`).
 Records are plain JSON (``labels/cycle-<k>.json``), never pickles.
 
-:func:`drawn_oracle` makes the records of every ingested cycle an oracle of the task's kind, and
+:func:`drawn_oracle` makes the records of every ingested cycle the oracle the session's task learns from
+(the task decides: :meth:`alkit.al.task.Task.oracle_from_drawings`), and
 :class:`SlideRouter` answers for the annotated slides from the drawings and for every other slide
 (validation slides, test slides) from the ground truth, where the session has one.
 """
@@ -16,15 +17,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import numpy as np
 import shapely
 import shapely.geometry
 from shapely.geometry.base import BaseGeometry
 
-from alkit.annotations.geometry import EMPTY_POLYGON, class_names, union_minus_exclusions, valid_union
+from alkit.al.task import task_class
+from alkit.annotations.drawn import DrawnLabels
+from alkit.annotations.geometry import EMPTY_POLYGON, class_names, union_minus_exclusions
 from alkit.tasks.detection.labels import HARD_NEGATIVE, MITOSIS, mitosis_label
-from alkit.tasks.detection.oracle import MitosisOracle
-from alkit.tasks.segmentation.annotator import AnnotationOracle
 from alkit.tasks.segmentation.oracle import EXCLUSION_CLASSES, TUMOUR_CLASSES
 
 _POINTS = ("Point", "MultiPoint")
@@ -58,26 +58,9 @@ def region_label(drawings: Iterable[tuple[str | None, BaseGeometry]]) -> dict[st
 
 
 def drawn_oracle(kind: str, records: Iterable[Mapping[str, Any]], mpp: Mapping[str, float]):
-    """The annotators' labels of ``records`` (``{slide, box, label}`` of every ingested region) as an oracle
-    of the task ``kind``: an :class:`~alkit.tasks.segmentation.annotator.AnnotationOracle` (tumour, and
-    points) for segmentation, its points (:class:`~alkit.tasks.detection.oracle.MitosisOracle`) for
-    detection."""
-    tumour: dict[str, list[BaseGeometry]] = {}
-    regions: dict[str, list] = {}
-    points: dict[str, dict[str, list]] = {MITOSIS: {}, HARD_NEGATIVE: {}}
-    for r in records:
-        slide, label = r["slide"], r["label"]
-        regions.setdefault(slide, []).append(list(r["box"]))
-        tumour.setdefault(slide, []).append(shapely.geometry.shape(label["tumour"]))
-        for kind_name, key in ((MITOSIS, "mitoses"), (HARD_NEGATIVE, "hard_negatives")):
-            points[kind_name].setdefault(slide, []).extend(map(tuple, label[key]))
-    as_arrays = {k: {s: np.asarray(v, np.float64).reshape(-1, 2) for s, v in d.items()} for k, d in points.items()}
-    drawn_points = MitosisOracle(as_arrays[MITOSIS], as_arrays[HARD_NEGATIVE], mpp=dict(mpp))
-    if kind == "detection":
-        return drawn_points
-    truths = {s: valid_union(g) for s, g in tumour.items()}
-    return AnnotationOracle(truths, {s: np.asarray(b, np.float64) for s, b in regions.items()}, mpp=dict(mpp),
-                            points=drawn_points)
+    """The annotators' labels of ``records`` (``{slide, box, label}`` of every ingested region) as the oracle
+    the task ``kind`` learns from (:meth:`~alkit.al.task.Task.oracle_from_drawings`)."""
+    return task_class(kind).oracle_from_drawings(DrawnLabels.from_records(records), dict(mpp))
 
 
 class SlideRouter:

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import shapely
+import shapely.geometry
 
 from alkit.al.loop import ActiveLearningLoop
-from alkit.al.oracle import Oracle, RegionReport
+from alkit.al.oracle import NotAnnotatedError, Oracle, RegionReport
 from alkit.al.pool import LabeledPool
 from alkit.al.task import Task, TaskConfigError, TaskError, TaskSettings, available_tasks, task_class
+from alkit.annotations.drawn import DrawnLabels
 from alkit.embeddings.cohort import Cohort
 from alkit.selection.strategy import Budget, get_strategy
 
@@ -100,3 +103,28 @@ def test_one_generic_loop_runs_the_task_with_acquisition(task, embedded_cohort, 
         assert set(r.findings) == set(task.region_report(embedded_cohort.slide(r.slide), r.box).findings)
     for result in results:
         assert set(type(task).summary_metrics) <= set(result.metrics)
+
+
+def test_the_oracle_from_drawings_reports_what_was_drawn_inside_the_regions(task, embedded_cohort):
+    """What an annotation session trains on: the task's oracle of people's drawings reports, for a box inside
+    an annotated region, the findings its ground-truth oracle reports, with the drawn values; outside every
+    region nothing is found."""
+    mpp = 0.25
+    tumour = shapely.box(100, 50, 200, 150)
+    record = {"slide": "s", "box": [0, 0, 400, 300],
+              "label": {"tumour": shapely.geometry.mapping(tumour), "mitoses": [[120.0, 60.0], [150.0, 100.0]],
+                        "hard_negatives": [[180.0, 140.0]]}}
+    oracle = type(task).oracle_from_drawings(DrawnLabels.from_records([record]), {"s": mpp})
+    assert isinstance(oracle, Oracle)
+    drawn = {"tumour_mm2": 100 * 100 * (mpp * 1e-3) ** 2, "mitoses": 2, "hard_negatives": 1}
+    report = oracle.region_report("s", (50, 40, 200, 120))
+    slide = embedded_cohort.slides[0]
+    truth_keys = set(task.region_report(slide, (0, 0, 1024, 1024)).findings)
+    assert truth_keys <= set(report.findings)  # the session's task learns from the same findings
+    for key, value in report.findings.items():
+        assert value == pytest.approx(drawn[key]), key
+    try:  # outside every region: not annotated, or nothing drawn there
+        outside = oracle.region_report("s", (1000, 1000, 100, 100)).findings
+    except NotAnnotatedError:
+        outside = {}
+    assert all(v == 0 for v in outside.values())

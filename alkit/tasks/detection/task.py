@@ -40,6 +40,7 @@ from alkit.al.areas import box_mm2
 from alkit.al.oracle import RegionReport
 from alkit.al.pool import LabeledPool
 from alkit.al.task import ConfigSection, SummaryPlot, TaskConfigError, TaskSettings
+from alkit.annotations.drawn import DrawnLabels
 from alkit.atomic import visible
 from alkit.embeddings.cohort import Cohort, CohortSlide, expand_slide_paths
 from alkit.embeddings.store import StoreHeader
@@ -200,6 +201,11 @@ class DetectionTask:
         if "synthetic" in ground_truth:
             return MitosisOracle.from_synthetic(ground_truth["synthetic"])
         return MitosisOracle.from_sliderunner(sliderunner_files(ground_truth), classes=classes, mpp=slide_mpp)
+
+    @classmethod
+    def oracle_from_drawings(cls, drawn: DrawnLabels, mpp: Mapping[str, float]) -> MitosisOracle:
+        """The drawn mitoses and hard negatives (the detector learns from points only)."""
+        return MitosisOracle(drawn.mitoses, drawn.hard_negatives, mpp=dict(mpp))
 
     @classmethod
     def from_params(cls, oracle: MitosisOracle, params: Mapping[str, Any], *, seed: int,

@@ -30,10 +30,14 @@ from alkit.al.areas import box_mm2, total_mm2
 from alkit.al.oracle import RegionReport
 from alkit.al.pool import LabeledPool
 from alkit.al.task import ConfigSection, SummaryPlot, TaskConfigError, TaskSettings
+from alkit.annotations.drawn import DrawnLabels
+from alkit.annotations.geometry import valid_union
 from alkit.embeddings.cohort import Cohort, CohortSlide
 from alkit.tasks.segmentation.classifier import MODES, PatchClassifierModel
 from alkit.tasks.segmentation.examples import LabeledCells
 from alkit.tasks.segmentation.metrics import evaluate_slide, summarise
+from alkit.tasks.detection.oracle import MitosisOracle
+from alkit.tasks.segmentation.annotator import AnnotationOracle
 from alkit.tasks.segmentation.oracle import TumourOracle
 from alkit.tasks.segmentation.reference import auc_reference, miou_reference
 from alkit.tasks.settings import check_model_params, resolve_existing
@@ -137,6 +141,14 @@ class SegmentationTask:
             return TumourOracle.from_synthetic(ground_truth["synthetic"])
         return TumourOracle.from_folder(ground_truth["folder"], ground_truth.get("pattern", "{slide}.xml"),
                                         mpp=slide_mpp)
+
+    @classmethod
+    def oracle_from_drawings(cls, drawn: DrawnLabels, mpp: Mapping[str, float]) -> AnnotationOracle:
+        """The drawn tumour of each slide's regions (cells outside every region are not annotated), with the
+        drawn points kept beside it."""
+        points = MitosisOracle(drawn.mitoses, drawn.hard_negatives, mpp=dict(mpp))
+        truths = {s: valid_union(g) for s, g in drawn.tumour.items()}
+        return AnnotationOracle(truths, drawn.boxes, mpp=dict(mpp), points=points)
 
     @classmethod
     def from_params(cls, oracle: TumourOracle, params: Mapping[str, Any], *, seed: int,

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from alkit import __version__
+from alkit import __version__, options
 from alkit.errors import AlkitError
 
 log = logging.getLogger("alkit")
@@ -69,11 +68,12 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         print(f"{len(cached)} stores in {args.out} ({len(cached)} were already there)")
         return 0
     from alkit.embeddings.embed import EmbedConfig, Embedder
+    from alkit.tasks.training import follow_root_log_level  # imports Lightning
 
-    _quiet_lightning()
+    follow_root_log_level()
     config = EmbedConfig(encoder=args.encoder, mpp=args.mpp, patch=args.patch, stride=args.stride,
                          min_tissue=args.min_tissue, batch_size=args.batch_size, num_workers=args.workers,
-                         accelerator=args.accelerator, devices=_devices(args.devices), strategy=args.strategy,
+                         accelerator=args.accelerator, devices=options.devices(args.devices), strategy=args.strategy,
                          num_nodes=args.num_nodes, precision=args.precision)
     embedder = Embedder(config, args.out, progress=not args.quiet)
     stores = embedder.embed(paths, slide_mpp=args.slide_mpp)
@@ -230,15 +230,15 @@ def _add_prototype_commands(sub) -> None:
                         help="search whole captions, not each panel's own part of multi-panel captions")
     search.add_argument("--exclude", default=None, help="file of ids to leave out (one per line, or a JSON list)")
     search.add_argument("--class", dest="class_name", default="query", help="class name, for messages and the hits")
-    search.add_argument("--out", required=True, type=_out_file, help="hits file (.json)")
+    search.add_argument("--out", required=True, type=options.out_file, help="hits file (.json)")
     search.set_defaults(func=_cmd_prototypes_search)
 
     review = psub.add_parser("review", help="contact sheet of hits (PNG or HTML) for the manual clean-up")
     review.add_argument("hits", metavar="HITS", help="hits file from `alkit prototypes search`")
     _add_db_options(review)
-    review.add_argument("--out", required=True, type=_out_file, help="sheet.png, sheet.jpg or sheet.html")
-    review.add_argument("--thumb", type=_whole(16, 2048), default=224, help="thumbnail side in px (default 224)")
-    review.add_argument("--per-row", dest="columns_per_row", type=_whole(1, 100), default=5, help="PNG: hits per row")
+    review.add_argument("--out", required=True, type=options.out_file, help="sheet.png, sheet.jpg or sheet.html")
+    review.add_argument("--thumb", type=options.whole(16, 2048), default=224, help="thumbnail side in px (default 224)")
+    review.add_argument("--per-row", dest="columns_per_row", type=options.whole(1, 100), default=5, help="PNG: hits per row")
     review.add_argument("--title", default="")
     review.add_argument("--encoder", default=None,
                         help="also show each hit's typicality (similarity to the other hits) under this encoder "
@@ -253,10 +253,10 @@ def _add_prototype_commands(sub) -> None:
                        help="a class: NAME=HITS.json takes the ids of a search; NAME alone retrieves images by "
                             "text (needs an image-text encoder); repeat per class")
     build.add_argument("--encoder", required=True, help="the encoder the slides were embedded with")
-    build.add_argument("--out", required=True, type=_out_dir, help="output folder (prototypes.npz, prototypes.json)")
+    build.add_argument("--out", required=True, type=options.out_dir, help="output folder (prototypes.npz, prototypes.json)")
     build.add_argument("--prompt", default="An H&E image of {class_name} tissue.",
                        help="retrieval prompt template (default: 'An H&E image of {class_name} tissue.')")
-    build.add_argument("--top-n", type=_whole(1, 1_000_000), default=100, help="retrieval: images kept per class (default 100)")
+    build.add_argument("--top-n", type=options.whole(1, 1_000_000), default=100, help="retrieval: images kept per class (default 100)")
     build.add_argument("--tag", action="append", help="retrieval: keep images with this tag (e.g. BreastPath)")
     build.add_argument("--contrast", action="store_true",
                        help="retrieval: keep only images closer to their class's prompt than to the other "
@@ -269,9 +269,9 @@ def _add_prototype_commands(sub) -> None:
     build.add_argument("--exclude", default=None, help="file of ids to leave out (all classes)")
     build.add_argument("--prep", choices=("crop", "resize"), default="crop",
                        help="crop (default): centre crop / pad, magnification kept; resize: shorter side to --size")
-    build.add_argument("--size", type=_whole(8, 4096), default=None, help="prepared image side (default: the encoder's input size; give the slides' "
+    build.add_argument("--size", type=options.whole(8, 4096), default=None, help="prepared image side (default: the encoder's input size; give the slides' "
                             "--patch size when it differs, so prototypes and patches are rescaled alike)")
-    build.add_argument("--scale", type=_number(0, 100, lo_open=True), default=1.0,
+    build.add_argument("--scale", type=options.number(0, 100, lo_open=True), default=1.0,
                        help="resample images by this factor first (image µm/px ÷ slide µm/px), if known")
     build.add_argument("--boxes", default=None, help="JSON {id: [x, y, w, h]} crop boxes in image pixels")
     build.add_argument("--skip-missing", action="store_true", help="leave out ids whose image is missing")
@@ -280,7 +280,7 @@ def _add_prototype_commands(sub) -> None:
     build.add_argument("--cache", default=None, help="image embedding cache folder (default ~/.cache/alkit)")
     build.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
     build.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    build.add_argument("--batch-size", type=_whole(1, 4096), default=32)
+    build.add_argument("--batch-size", type=options.whole(1, 4096), default=32)
     build.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     build.set_defaults(func=_cmd_prototypes_build)
 
@@ -299,7 +299,7 @@ def _add_session_commands(sub) -> None:
     """``alkit session init | next | ingest | train | status`` (commands in :mod:`alkit.session.cli`)."""
     from alkit.session.cli import add_session_commands
 
-    add_session_commands(sub, whole=_whole, number=_number, seed=SEED, out_dir=_out_dir)
+    add_session_commands(sub)
 
 
 def _cmd_encoders(args: argparse.Namespace) -> int:
@@ -401,8 +401,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from alkit.study.run import run_study
     from alkit.study.summary import summarise_study
     from alkit.study.tracking import resolve_tracking_uri
+    from alkit.tasks.training import follow_root_log_level  # imports Lightning
 
-    _quiet_lightning()
+    follow_root_log_level()
     uri = resolve_tracking_uri(args.tracking_uri)
     runs = run_study(config, tracking_uri=uri, progress=not args.quiet, shard=args.shard)
     _print_summary(summarise_study(runs, config.out), uri)
@@ -412,8 +413,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from alkit.study.demo import run_demo
     from alkit.study.tracking import resolve_tracking_uri
+    from alkit.tasks.training import follow_root_log_level  # imports Lightning
 
-    _quiet_lightning()
+    follow_root_log_level()
     uri = resolve_tracking_uri(args.tracking_uri)
     result = run_demo(args.out, quick=args.quick, tracking_uri=uri, progress=not args.quiet)
     print(f"{len(result['runs'])} runs of {result['config']} (tumour segmentation)")
@@ -421,94 +423,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"\n{len(result['mitosis_runs'])} runs of {result['mitosis_config']} (mitotic-figure detection)")
     _print_summary(result["mitosis_summary"], uri)
     return 0
-
-
-def _quiet_lightning() -> None:
-    """Lightning sets its loggers to INFO when imported (device summaries, tips): follow -v instead."""
-    import pytorch_lightning  # noqa: F401  (import first: the import itself sets the level)
-
-    from alkit.tasks.training import LIGHTNING_LOGGERS
-
-    level = logging.getLogger().level
-    for chatty in LIGHTNING_LOGGERS:
-        logging.getLogger(chatty).setLevel(level)
-
-
-def _shard(value: str) -> tuple[int, int]:
-    """``K/N`` with 1 <= K <= N, for ``compare --shard``."""
-    k, sep, count = value.partition("/")
-    if not (sep and k.isdigit() and count.isdigit() and 1 <= int(k) <= int(count)):
-        raise argparse.ArgumentTypeError(f"expected K/N with 1 <= K <= N (e.g. 1/2), got {value!r}")
-    return int(k), int(count)
-
-
-def _devices(value: str) -> int | str:
-    return int(value) if value.isdigit() else value
-
-
-# ---------------------------------------------------------------------- option checks (at parse time)
-
-
-def _whole(lo: int, hi: int) -> Callable[[str], int]:
-    """An argparse type: a whole number in ``[lo, hi]`` (argparse turns the error into exit 2)."""
-    def parse(value: str) -> int:
-        try:
-            number = int(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
-        if not lo <= number <= hi:
-            raise argparse.ArgumentTypeError(f"must be between {lo} and {hi}, got {number}")
-        return number
-    parse.__name__ = "whole number"
-    return parse
-
-
-def _number(lo: float, hi: float, *, lo_open: bool = False) -> Callable[[str], float]:
-    """An argparse type: a finite number in ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``)."""
-    def parse(value: str) -> float:
-        try:
-            number = float(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
-        if not (math.isfinite(number) and (lo < number if lo_open else lo <= number) and number <= hi):
-            raise argparse.ArgumentTypeError(f"must be {'above' if lo_open else 'at least'} {lo:g} and at most "
-                                             f"{hi:g}, got {value}")
-        return number
-    parse.__name__ = "number"
-    return parse
-
-
-def _out_dir(value: str) -> str:
-    """An argparse type: an output folder that exists as a folder or can be made (not a file, not under one)."""
-    from pathlib import Path
-
-    path = Path(value)
-    if not value.strip():
-        raise argparse.ArgumentTypeError("is empty")
-    if path.exists() and not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{value} exists and is not a folder")
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if parent.exists() and not parent.is_dir():
-        raise argparse.ArgumentTypeError(f"{value}: {parent} is a file, not a folder")
-    return value
-
-
-def _out_file(value: str) -> str:
-    """An argparse type: an output file that is not a folder and whose folder can be made."""
-    from pathlib import Path
-
-    if not value.strip():
-        raise argparse.ArgumentTypeError("is empty")
-    if Path(value).is_dir():
-        raise argparse.ArgumentTypeError(f"{value} is a folder; give a file name")
-    _out_dir(str(Path(value).parent))
-    return value
-
-
-MPP = _number(0, 1000, lo_open=True)  # µm/px: 0.1 (60x) .. a few hundred (thumbnails)
-SEED = _whole(0, 2**32 - 1)  # numpy seeds are non-negative
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -519,40 +433,40 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="vendor, size, levels, mpp and tissue fraction of slides")
     info.add_argument("slides", nargs="+", metavar="SLIDE")
-    info.add_argument("--mpp", type=MPP, default=None,
+    info.add_argument("--mpp", type=options.MPP, default=None,
                       help="microns per level-0 pixel, for slides whose files lack it")
     info.set_defaults(func=_cmd_info)
 
     synth = sub.add_parser("synth", help="write a synthetic cohort: slides, ground truth, captions")
-    synth.add_argument("out", metavar="OUT", type=_out_dir)
-    synth.add_argument("--slides", type=_whole(1, 1000), default=6, help="number of slides (default 6)")
-    synth.add_argument("--size", type=_whole(512, 65536), default=4096, help="slide side in level-0 px (default 4096)")
-    synth.add_argument("--seed", type=SEED, default=0)
-    synth.add_argument("--mpp", type=_number(0.05, 10), default=0.25, help="level-0 resolution (default 0.25 µm/px)")
+    synth.add_argument("out", metavar="OUT", type=options.out_dir)
+    synth.add_argument("--slides", type=options.whole(1, 1000), default=6, help="number of slides (default 6)")
+    synth.add_argument("--size", type=options.whole(512, 65536), default=4096, help="slide side in level-0 px (default 4096)")
+    synth.add_argument("--seed", type=options.SEED, default=0)
+    synth.add_argument("--mpp", type=options.number(0.05, 10), default=0.25, help="level-0 resolution (default 0.25 µm/px)")
     synth.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     synth.set_defaults(func=_cmd_synth)
     embed = sub.add_parser("embed", help="embed the tissue patches of slides into cached per-slide stores")
     embed.add_argument("slides", nargs="+", metavar="SLIDE",
                        help="slide paths, globs ('slides/*.svs') or list files (.txt, one path per line)")
-    embed.add_argument("--out", required=True, type=_out_dir, help="folder of the stores")
+    embed.add_argument("--out", required=True, type=options.out_dir, help="folder of the stores")
     embed.add_argument("--encoder", default="handcrafted",
                        help="encoder spec: handcrafted | resnet18[@imagenet|@CKPT] | open_clip:ARCH[@WEIGHTS] | "
                             "plip[@DIR] | timm:ARCH[@WEIGHTS] | uni, virchow2, h-optimus-0, ... [@WEIGHTS] "
                             "(`alkit encoders` lists them; default handcrafted: offline, no download)")
-    embed.add_argument("--mpp", type=MPP, default=None, help="patch resolution (default: the encoder's)")
-    embed.add_argument("--patch", type=_whole(8, 65536), default=256, help="patch side in px at --mpp (default 256)")
-    embed.add_argument("--stride", type=_whole(1, 65536), default=None,
+    embed.add_argument("--mpp", type=options.MPP, default=None, help="patch resolution (default: the encoder's)")
+    embed.add_argument("--patch", type=options.whole(8, 65536), default=256, help="patch side in px at --mpp (default 256)")
+    embed.add_argument("--stride", type=options.whole(1, 65536), default=None,
                        help="grid stride in px at --mpp (default: --patch)")
-    embed.add_argument("--min-tissue", type=_number(0, 1), default=0.5,
+    embed.add_argument("--min-tissue", type=options.number(0, 1), default=0.5,
                        help="tissue fraction a cell needs, 0..1 (default 0.5)")
-    embed.add_argument("--slide-mpp", type=MPP, default=None,
+    embed.add_argument("--slide-mpp", type=options.MPP, default=None,
                        help="level-0 µm/px for slides whose files lack it (never overrides metadata)")
-    embed.add_argument("--batch-size", type=_whole(1, 65536), default=64)
-    embed.add_argument("--workers", type=_whole(0, 256), default=2, help="patch-reader processes per device (default 2)")
+    embed.add_argument("--batch-size", type=options.whole(1, 65536), default=64)
+    embed.add_argument("--workers", type=options.whole(0, 256), default=2, help="patch-reader processes per device (default 2)")
     embed.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto | cpu | gpu")
     embed.add_argument("--devices", default="auto", help="Lightning devices: auto | N")
     embed.add_argument("--strategy", default="auto", help="Lightning strategy: auto | ddp | ...")
-    embed.add_argument("--num-nodes", type=_whole(1, 100000), default=1)
+    embed.add_argument("--num-nodes", type=options.whole(1, 100000), default=1)
     embed.add_argument("--precision", default=None, help="Lightning precision, e.g. bf16-mixed")
     embed.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     embed.set_defaults(func=_cmd_embed)
@@ -565,19 +479,19 @@ def build_parser() -> argparse.ArgumentParser:
     select = sub.add_parser("select", help="choose the regions to annotate: random, diversity or prototype")
     select.add_argument("--stores", required=True, help="folder of embedding stores (alkit embed --out)")
     select.add_argument("--strategy", required=True, help="random | diversity | prototype | an installed plugin")
-    select.add_argument("--n", type=_whole(1, 10000), default=3, help="regions per slide (default 3)")
-    select.add_argument("--size", type=_whole(16, 1 << 20), default=None,
+    select.add_argument("--n", type=options.whole(1, 10000), default=3, help="regions per slide (default 3)")
+    select.add_argument("--size", type=options.whole(16, 1 << 20), default=None,
                         help="region side in level-0 px (default 8192)")
-    select.add_argument("--size-um", type=_number(1, 1e6), default=None, metavar="UM",
+    select.add_argument("--size-um", type=options.number(1, 1e6), default=None, metavar="UM",
                         help="region side in µm instead, converted per slide with its mpp (equal physical regions "
                              "on mixed-resolution cohorts)")
     select.add_argument("--prototypes", default=None, help="prototype set folder (alkit prototypes build)")
     select.add_argument("--selector", default="standard", choices=["standard", "adaptive"])
     select.add_argument("--classes", default=None, help="comma-separated classes of the prototype set to use")
     select.add_argument("--encoder", default=None, help="use the stores of this encoder only")
-    select.add_argument("--seed", type=SEED, default=0)
+    select.add_argument("--seed", type=options.SEED, default=0)
     select.add_argument("--no-png", action="store_true", help="skip the overview PNGs")
-    select.add_argument("--out", required=True, type=_out_dir, help="output folder (regions.json, qupath/, asap/, png/)")
+    select.add_argument("--out", required=True, type=options.out_dir, help="output folder (regions.json, qupath/, asap/, png/)")
     select.set_defaults(func=_cmd_select)
     imp = sub.add_parser("import-features", help="turn TRIDENT or CLAM feature files (.h5) into embedding stores")
     imp.add_argument("--format", required=True, choices=("trident", "clam"), help="the tool that wrote the files")
@@ -585,19 +499,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="feature files or folders of them (one SLIDE.h5 per slide)")
     imp.add_argument("--slides", default=None, metavar="DIR",
                      help="folder of the slides (matched by file stem): size, mpp and alkit's tissue fractions")
-    imp.add_argument("--slide-mpp", type=MPP, default=None,
+    imp.add_argument("--slide-mpp", type=options.MPP, default=None,
                      help="level-0 µm/px: for slides whose files lack it, or all slides without --slides")
     imp.add_argument("--encoder", default=None,
                      help="encoder name for the stores (default FORMAT:NAME from the files); give the alkit spec "
                           "of the same model to build prototypes with it")
-    imp.add_argument("--patch-px", type=_number(0, 1 << 20, lo_open=True), default=None,
+    imp.add_argument("--patch-px", type=options.number(0, 1 << 20, lo_open=True), default=None,
                      help="patch side in level-0 px, for files that do not record it (CLAM)")
     imp.add_argument("--coords", default=None, metavar="DIR",
                      help="CLAM: its patches/ folder (SLIDE.h5 with the patch size and level)")
     imp.add_argument("--snap", action="store_true",
                      help="place patches of shifted or per-contour grids in the nearest alkit cell "
                           "(moves each by at most half a stride)")
-    imp.add_argument("--out", required=True, type=_out_dir, help="folder of the stores")
+    imp.add_argument("--out", required=True, type=options.out_dir, help="folder of the stores")
     imp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     imp.set_defaults(func=_cmd_import_features)
     compare = sub.add_parser("compare", help="run a study config: strategies x budgets x seeds, tracked in MLflow")
@@ -606,7 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="print the reference of every study-config key (type, default, meaning) and exit")
     compare.add_argument("--tracking-uri", default=None,
                          help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
-    compare.add_argument("--shard", type=_shard, default=None, metavar="K/N",
+    compare.add_argument("--shard", type=options.shard, default=None, metavar="K/N",
                          help="run only the K-th of N disjoint parts of the grid (1-based), e.g. one per "
                               "machine sharing a tracking server; the summary covers every finished run")
     compare.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from alkit import options
+
 
 def _cmd_init(args: argparse.Namespace) -> int:
     from alkit.session.setup import check_config, config_from_options, config_from_study, parse_json_option
@@ -53,8 +55,9 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
 def _cmd_next(args: argparse.Namespace) -> int:
     from alkit.session.session import next_regions
+    from alkit.tasks.training import follow_root_log_level  # imports Lightning
 
-    _quiet_lightning()
+    follow_root_log_level()
     result = next_regions(args.dir, png=not args.no_png, progress=not args.quiet)
     head = (f"cycle {result.cycle} is already out ({result.regions} region(s)); ingest it before the next one"
             if result.repeated else f"cycle {result.cycle}: {result.regions} region(s) to annotate")
@@ -67,8 +70,9 @@ def _cmd_next(args: argparse.Namespace) -> int:
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
     from alkit.session.session import ingest
+    from alkit.tasks.training import follow_root_log_level  # imports Lightning
 
-    _quiet_lightning()
+    follow_root_log_level()
     result = ingest(args.dir, args.annotations, oracle=args.oracle, progress=not args.quiet)
     if result.already:
         print(f"cycle {result.cycle} is already ingested; nothing changed")
@@ -84,8 +88,9 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from alkit.session.session import train
+    from alkit.tasks.training import follow_root_log_level  # imports Lightning
 
-    _quiet_lightning()
+    follow_root_log_level()
     result = train(args.dir, tracking_uri=args.tracking_uri, progress=not args.quiet)
     print(f"cycle {result.cycle}: trained; " + _metrics_line(result.metrics))
     print(f"MLflow run {result.run_id} in {result.tracking_uri}")
@@ -117,12 +122,6 @@ def _metrics_line(metrics: dict) -> str:
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown) or "no metrics"
 
 
-def _quiet_lightning() -> None:
-    from alkit.cli import _quiet_lightning as quiet
-
-    quiet()
-
-
 def _session_dir(value: str) -> str:
     if not value.strip():
         raise argparse.ArgumentTypeError("is empty")
@@ -131,15 +130,14 @@ def _session_dir(value: str) -> str:
     return value
 
 
-def add_session_commands(sub, *, whole, number, seed, out_dir) -> None:
-    """Register ``alkit session ...`` on ``sub`` (the parser's subparsers); ``whole``, ``number``,
-    ``seed`` and ``out_dir`` are the CLI's option checks."""
+def add_session_commands(sub) -> None:
+    """Register ``alkit session ...`` on ``sub`` (the parser's subparsers)."""
     session = sub.add_parser("session", help="a resumable annotation session with people in the loop: init, next, "
                                              "ingest, train, status")
     ssub = session.add_subparsers(dest="session_command", required=True, metavar="STEP")
 
     init = ssub.add_parser("init", help="start a session in DIR (session.json) from a study YAML or options")
-    init.add_argument("dir", metavar="DIR", type=out_dir, help="the session folder")
+    init.add_argument("dir", metavar="DIR", type=options.out_dir, help="the session folder")
     init.add_argument("--study", default=None, metavar="YAML",
                       help="a study config: its cohort (embedded, cached), task, ground truth and loop settings; of "
                            "its grid the first strategy, n, l and seed unless given")
@@ -157,12 +155,12 @@ def add_session_commands(sub, *, whole, number, seed, out_dir) -> None:
     init.add_argument("--selector", default="standard", choices=["standard", "adaptive"])
     init.add_argument("--measure", default="entropy", choices=["entropy", "margin", "least_confidence", "bald"],
                       help="uncertainty of the acquisition after cycle 0 (default entropy)")
-    init.add_argument("--n", type=whole(1, 10000), default=None, help="regions per slide and cycle (default 3)")
+    init.add_argument("--n", type=options.whole(1, 10000), default=None, help="regions per slide and cycle (default 3)")
     size = init.add_mutually_exclusive_group()
-    size.add_argument("--size", type=whole(16, 1 << 20), default=None, help="region side in level-0 px (default 8192)")
-    size.add_argument("--size-um", type=number(0, 1e6, lo_open=True), default=None, help="region side in µm")
-    init.add_argument("--cycles", type=whole(1, 1000), default=None, help="cycles (default 3)")
-    init.add_argument("--seed", type=seed, default=None, help="seed of every choice (default 0)")
+    size.add_argument("--size", type=options.whole(16, 1 << 20), default=None, help="region side in level-0 px (default 8192)")
+    size.add_argument("--size-um", type=options.number(0, 1e6, lo_open=True), default=None, help="region side in µm")
+    init.add_argument("--cycles", type=options.whole(1, 1000), default=None, help="cycles (default 3)")
+    init.add_argument("--seed", type=options.SEED, default=None, help="seed of every choice (default 0)")
     init.add_argument("--oracle", choices=["human", "simulated"], default="human",
                       help="who answers ingest: annotators' files (default) or the ground truth")
     init.add_argument("--truth-synthetic", default=None, metavar="DIR", help="ground truth: a synthetic cohort")

@@ -24,6 +24,14 @@ from pytorch_lightning.callbacks import Callback
 LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric")
 
 
+def follow_root_log_level() -> None:
+    """Lightning sets its loggers to INFO when imported (device summaries, tips); the command line calls this
+    after the import so they follow ``-v`` / ``-q`` (the root logger's level) instead."""
+    level = logging.getLogger().level
+    for chatty in LIGHTNING_LOGGERS:
+        logging.getLogger(chatty).setLevel(level)
+
+
 @contextlib.contextmanager
 def rng_scope(seed: int) -> Iterator[None]:
     """Seeded torch RNG inside the block; the caller's CPU (and CUDA) RNG state is restored after."""

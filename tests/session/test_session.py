@@ -331,3 +331,60 @@ def test_interrupted_next_is_redone(stores, synthetic_cohort, tmp_path, capsys):
     again = json.loads((session / "cycles/0/regions.json").read_text())
     assert again["regions"] == json.loads(first)["regions"]  # seeded: the same picks, written once
     assert not [p for p in (session / "cycles").iterdir() if p.name.startswith(".")]
+
+
+DETECTOR = dict(mpp=0.5, patch=64, fpn_channels=32, patches_per_epoch=6, patches_per_epoch_small=6, max_epochs=1,
+                batch_size=3, tile=256, accelerator="cpu")
+
+
+def test_detection_session_end_to_end(stores, synthetic_cohort, embedded_cohort, tmp_path, capsys):
+    """The detection task through the same session: annotators click mitoses and lookalikes (QuPath points)
+    inside the regions; the pool holds the clicked counts, the detector trains on them and is scored by F1."""
+    from alkit.tasks.detection.oracle import MitosisOracle
+
+    truth = MitosisOracle.from_synthetic(synthetic_cohort.root)
+    session = tmp_path / "session"
+    code, _, err = _run(capsys, "session", "init", str(session), "--stores", str(stores), "--task", "detection",
+                        "--task-params", json.dumps(DETECTOR), "--truth-synthetic", str(synthetic_cohort.root),
+                        "--n", "2", "--size", "2048", "--cycles", "2", "--seed", str(SEED), "-q")
+    assert code == 0, err  # 2048-px regions: the cohort's 11 mitoses lie on two slides
+    code, out, err = _run(capsys, "session", "next", str(session))
+    regions = json.loads((session / "cycles/0/regions.json").read_text())["regions"]
+    assert code == 0 and f"cycle 0: {len(regions)} region(s)" in out and len(regions) >= 4, err
+    clicked = {}
+    annotations = tmp_path / "clicks"
+    annotations.mkdir()
+    for slide in sorted({r["slide"] for r in regions}):
+        doc = json.loads((session / "cycles/0/qupath" / f"{slide}.geojson").read_text())
+        features = list(doc["features"])
+        for r in (r for r in regions if r["slide"] == slide):
+            x, y, w, h = r["box_px"]
+            for name, points in (("Mitotic figure", truth.mitoses(slide)),
+                                 ("Mitotic figure lookalike", truth.hard_negatives(slide))):
+                inside = points[(points[:, 0] >= x) & (points[:, 0] < x + w) & (points[:, 1] >= y) & (points[:, 1] < y + h)]
+                clicked[(r["id"], name)] = len(inside)
+                if len(inside):
+                    features.append({"type": "Feature", "geometry": shapely.geometry.mapping(shapely.MultiPoint(inside)),
+                                     "properties": {"objectType": "annotation", "classification": {"name": name}}})
+        doc["features"] = features
+        (annotations / f"{slide}.geojson").write_text(json.dumps(doc))
+    assert sum(v for (_, name), v in clicked.items() if name == "Mitotic figure") > 0, "seeded picks hold mitoses"
+
+    code, out, err = _run(capsys, "session", "ingest", str(session), str(annotations))
+    assert code == 0 and f"recorded {len(regions)} region(s), 0 skipped" in out, err
+    pool = LabeledPool.open(session / "pool.json")
+    by_box = {(r["slide"], tuple(r["box_px"])): r["id"] for r in regions}
+    for r in pool.regions:  # the clicked counts, and exactly the ground truth's there (every figure clicked)
+        rid = by_box[(r.slide, r.box)]
+        assert r.findings["mitoses"] == clicked[(rid, "Mitotic figure")]
+        assert r.findings["hard_negatives"] == clicked[(rid, "Mitotic figure lookalike")]
+        assert (r.findings["mitoses"], r.findings["hard_negatives"]) == truth.counts_in(r.slide, r.box)
+
+    code, out, err = _run(capsys, "session", "train", str(session))
+    assert code == 0 and "f1=" in out, err
+    metrics = LabeledPool.open(session / "pool.json").cycle_metrics[0]
+    assert 0.0 <= metrics["f1"] <= 1.0 and metrics["regions"] == len(regions)
+    code, out, _ = _run(capsys, "session", "next", str(session))
+    assert code == 0 and "cycle 1:" in out
+    assert {r["strategy"] for r in json.loads((session / "cycles/1/regions.json").read_text())["regions"]} == \
+        {"uncertainty"}

@@ -105,7 +105,8 @@ def region_records(selection: Selection, cohort: Cohort, *, cycle: int = 0,
 
 
 def _previous_export(out: Path) -> set[Path]:
-    """Files an earlier export wrote into ``out`` (from its regions.json)."""
+    """Files an earlier export wrote into ``out`` (from its regions.json; only ``qupath/``, ``asap/``, ``png/``
+    files of their kind)."""
     doc_path = out / "regions.json"
     if not doc_path.exists():
         return set()
@@ -116,13 +117,15 @@ def _previous_export(out: Path) -> set[Path]:
                          "remove it") from None
     if doc.version == 1:  # alkit <= 0.1 wrote exactly these
         return {p for kind, suffix in EXPORT_KINDS.items() for p in (out / kind).glob(f"*{suffix}")}
-    root = out.resolve()
-    files = set()
-    for rel in doc.files:
-        p = (out / rel)
-        if not Path(rel).is_absolute() and p.resolve().is_relative_to(root):
-            files.add(p)
-    return files
+    return {out / rel for rel in doc.files if _is_export_file(rel)}
+
+
+def _is_export_file(rel: str) -> bool:
+    """Whether ``rel`` (a name from regions.json's ``files``) names an export alkit writes, ``KIND/NAME.SUFFIX``
+    of :data:`EXPORT_KINDS`: only such files are ever removed as stale, whatever an edited regions.json lists."""
+    parts = Path(rel).parts
+    return (len(parts) == 2 and parts[0] in EXPORT_KINDS and parts[1] not in (".", "..")
+            and not is_hidden(parts[1]) and parts[1].endswith(EXPORT_KINDS[parts[0]]))
 
 
 def _foreign_files(out: Path, ours: set[Path]) -> list[Path]:

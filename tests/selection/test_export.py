@@ -53,6 +53,22 @@ def test_stale_exports_are_removed_and_foreign_files_refused(tmp_path, caplog):
         write_selection(first, cohort, out)
     assert mine.read_text() == "{}" and (out / "regions.json").read_text() == before  # nothing touched
 
+    # an edited regions.json listing other files: only its qupath/ asap/ png/ files of their kind are removable
+    doc = json.loads((out / "regions.json").read_text())
+    keep = {"stores/a.h5": "features", "notes.txt": "mine", "qupath/a.xml": "odd", "../outside.png": "theirs"}
+    for rel, text in keep.items():
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_text(text)
+    mine.unlink()
+    doc["files"] += list(keep)
+    (out / "regions.json").write_text(json.dumps(doc))
+    with pytest.raises(AlkitError, match=r"holds 1 file\(s\) no earlier alkit export wrote \(qupath/a.xml\)"):
+        write_selection(first, cohort, out)  # listed, but not an export of its kind: not ours to overwrite
+    (out / "qupath" / "a.xml").unlink()
+    write_selection(Selection("random", []), cohort, out, png=False)
+    assert all((out / rel).read_text() == text for rel, text in keep.items() if rel != "qupath/a.xml")
+    assert not (out / "qupath" / "a.geojson").exists()  # the real stale export is still removed
+
     legacy = tmp_path / "legacy"  # an export of alkit 0.1 (bare list): all its per-slide files are its own
     for kind, suffix in (("qupath", ".geojson"), ("asap", ".xml"), ("png", ".png")):
         (legacy / kind).mkdir(parents=True)

@@ -1,5 +1,5 @@
 # `make demo` and `make test` each set up what they need on a fresh machine: a project .venv with
-# alkit installed in editable mode (torch/torchvision pinned in pyproject.toml).
+# alkit installed in editable mode, torch / torchvision at the pair in constraints.txt.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -11,10 +11,10 @@ export HF_HUB_OFFLINE := 1
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -91,33 +91,40 @@ def test_a_window_clipped_at_the_map_edge_keeps_the_scale_and_is_padded_white(em
                                       wsi.read((0, 0, 1536, 1536), size=(96, 96)))
 
 
-def _nearest_centroid_picks(cohort, windows, rng, reported: set, niter: int = 20) -> list:
+def _nearest_centroid_outcomes(cohort, windows, rng, niter: int = 20) -> list[list]:
     """The diversity rule written out plainly: k-means, then clusters from the largest take, in turn, the
     window nearest their centroid among free windows of slides with budget left.
 
-    Windows at the same distance from a centroid (the two members of a two-window cluster are, exactly,
-    and rounding decides) are all nearest: among them, the one in ``reported`` (the strategy's picks) is
-    taken, so that a tie cannot make the comparison fail, while a farther window never counts as nearest.
+    Windows at the same distance from a centroid (the two members of a two-window cluster are, exactly, and
+    float32 rounding in the strategy's distances decides between them) are all nearest: every choice among
+    them is followed, so the result is the list of every pick list the rule allows (a farther window never
+    counts as nearest).
     """
     boxes = [(s, b) for s, (bs, _) in zip(cohort, windows) for b in bs.tolist()]
     x = np.concatenate([f for _, f in windows]).astype(np.float64)
     k = min(len(cohort) * BUDGET.n, len(x))
     centroids, assignment = kmeans(x, k, seed=int(rng.integers(0, 2**31 - 1)), niter=niter)
-    left = {s.slide_id: BUDGET.n for s in cohort}
-    taken: list[int] = []
-    for c in sorted(range(k), key=lambda c: -np.sum(assignment == c)):  # sorted() is stable
-        distance = ((x - centroids[c].astype(np.float64)) ** 2).sum(axis=1)
+    order = sorted(range(k), key=lambda c: -np.sum(assignment == c))  # sorted() is stable
+    distances = [((x - centroids[c].astype(np.float64)) ** 2).sum(axis=1) for c in order]
+    outcomes: list[list[int]] = []
+
+    def follow(step: int, taken: list[int], left: dict) -> None:
         free = [i for i in range(len(x)) if i not in taken and left[boxes[i][0].slide_id] > 0]
-        if not free:
-            break
+        if step == len(order) or not free:
+            outcomes.append(taken)
+            return
+        distance = distances[step]
         nearest = min(distance[i] for i in free)
-        ties = [i for i in free if distance[i] <= nearest + 1e-6]
-        j = next((i for i in ties if (boxes[i][0].slide_id, tuple(boxes[i][1])) in reported), ties[0])
-        taken.append(j)
-        left[boxes[j][0].slide_id] -= 1
+        for j in (i for i in free if distance[i] <= nearest + 1e-6):
+            follow(step + 1, taken + [j], {**left, boxes[j][0].slide_id: left[boxes[j][0].slide_id] - 1})
+
+    follow(0, [], {s.slide_id: BUDGET.n for s in cohort})
     picks = []
-    for slide in cohort:  # the strategy lists picks slide by slide, each in its order of choice
-        picks += [(slide.slide_id, slide.grid.cells_to_box(boxes[j][1])) for j in taken if boxes[j][0] is slide]
+    for taken in outcomes:  # the strategy lists picks slide by slide, each in its order of choice
+        listed = [(slide.slide_id, slide.grid.cells_to_box(boxes[j][1])) for slide in cohort for j in taken
+                  if boxes[j][0] is slide]
+        if listed not in picks:
+            picks.append(listed)
     return picks
 
 
@@ -139,8 +146,9 @@ def test_default_features_are_patch_means_and_picks_are_the_windows_nearest_the_
     assert blocked and windows[0][0].tolist() == [b for b in free if b not in blocked]
     for seed in (0, 7):
         selection = strategy.select(cohort, BUDGET, np.random.default_rng(seed), labeled=labeled)
-        reported = {(p.slide, cohort.slide(p.slide).grid.box_to_cells(p.box)) for p in selection.regions}
-        assert _boxes(selection) == _nearest_centroid_picks(cohort, windows, np.random.default_rng(seed), reported)
+        allowed = _nearest_centroid_outcomes(cohort, windows, np.random.default_rng(seed))
+        assert 1 <= len(allowed) <= 64  # a few exact ties (two-window clusters): the check stays sharp
+        assert _boxes(selection) in allowed
 
 
 def test_bad_options_and_a_store_without_its_slide_are_refused(embedded_cohort, encoder):

@@ -27,6 +27,7 @@ from alkit.al.areas import tissue_mm2
 from alkit.al.pool import LabeledPool
 from alkit.al.task import Task
 from alkit.embeddings.cohort import Cohort
+from alkit.selection.sizing import RegionSize, select_regions
 from alkit.selection.strategy import Budget, Labeled, Selection, Strategy
 
 log = logging.getLogger(__name__)
@@ -60,11 +61,14 @@ class CycleResult:
 class ActiveLearningLoop:
     """Runs ``cycles`` cycles of ``task`` on ``cohort`` (where regions are labeled), evaluating on
     ``test_cohort`` (default: ``cohort``); ``validation_cohort`` goes to the task's evaluation (e.g. the
-    detector's threshold choice)."""
+    detector's threshold choice). Each cycle labels ``budget_per_cycle.n`` regions per slide of
+    ``budget_per_cycle.size`` level-0 px, or, with a ``region_size`` in µm, of that side converted per
+    slide (:func:`alkit.selection.sizing.select_regions`)."""
 
     def __init__(self, task: Task, cohort: Cohort, initial_strategy: Strategy, acquisition: Strategy | None,
                  budget_per_cycle: Budget, cycles: int, pool: LabeledPool, *, test_cohort: Cohort | None = None,
-                 validation_cohort: Cohort | None = None, seed: int = 0, callbacks: Sequence[LoopCallback] = ()):
+                 validation_cohort: Cohort | None = None, seed: int = 0, callbacks: Sequence[LoopCallback] = (),
+                 region_size: RegionSize | None = None):
         if cycles < 1:
             raise ValueError(f"cycles must be >= 1, got {cycles}")
         if cycles > 1 and acquisition is None:
@@ -73,6 +77,8 @@ class ActiveLearningLoop:
         self.cohort, self.test_cohort, self.validation_cohort = cohort, test_cohort or cohort, validation_cohort
         self.initial_strategy, self.acquisition = initial_strategy, acquisition
         self.budget, self.cycles, self.pool = budget_per_cycle, cycles, pool
+        # a side in µm: converted per slide, so a mixed-resolution cohort gets equal physical regions
+        self.region_size = region_size if region_size is not None and region_size.um is not None else None
         self.seed = seed
         self.callbacks = list(callbacks)
         bind = getattr(acquisition, "bind", None)
@@ -89,6 +95,8 @@ class ActiveLearningLoop:
         labeled = self.pool.labeled()
         for slide, boxes in (exclude or {}).items():
             labeled.setdefault(slide, []).extend(boxes)
+        if self.region_size is not None:
+            return select_regions(strategy, self.cohort, self.budget.n, self.region_size, self._rng(cycle), labeled)
         return strategy.select(self.cohort, self.budget, self._rng(cycle), labeled=labeled)
 
     def record(self, cycle: int, selection: Selection, reports: Sequence | None = None) -> list:

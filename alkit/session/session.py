@@ -74,7 +74,8 @@ def _loop(parts: SessionParts, pool: LabeledPool, oracle: Any, logger: Any = Non
           progress: bool = False) -> ActiveLearningLoop:
     return ActiveLearningLoop(parts.task(oracle, logger, progress), parts.cohort, parts.initial_strategy(), parts.acquisition(),
                               parts.budget(), parts.config["cycles"], pool, test_cohort=parts.test_cohort,
-                              validation_cohort=parts.validation_cohort, seed=parts.config["seed"])
+                              validation_cohort=parts.validation_cohort, seed=parts.config["seed"],
+                              region_size=parts.region_size())
 
 
 def _label_docs(state: SessionState, max_cycle: int) -> dict[int, dict]:
@@ -316,8 +317,9 @@ def train(folder: str | os.PathLike, *, tracking_uri: str | None = None, progres
     name = state.config.get("name") or f"session-{state.folder.resolve().name}"
     tracker = Tracker(name, tracking_uri or default_tracking_uri(state.folder))
     key = {"alkit.session": str(state.folder.resolve()), "cycle": str(cycle)}
-    params = {"task_kind": parts.kind, "initial": state.config["initial"], "n": state.config["budget"]["n"],
-              "size_px": parts.budget().size, "seed": state.config["seed"], "cycles": state.config["cycles"],
+    params = {"task_kind": parts.kind, "initial": state.config["initial"],
+              **parts.region_size().budget_dict(state.config["budget"]["n"]),  # n, and size_px or size_um
+              "seed": state.config["seed"], "cycles": state.config["cycles"],
               "acquisition": state.config["acquisition"], "task": parts.task_params}
     with tracker.start_run(f"{name}-cycle{cycle}", key, params) as run:
         curves = run.lightning_logger(prefix=f"cycle{cycle}")

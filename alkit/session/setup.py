@@ -23,6 +23,7 @@ from alkit.al.task import Task, TaskConfigError, TaskError, TaskSettings, availa
 from alkit.al.uncertainty import mc_samples_for
 from alkit.embeddings.cohort import Cohort
 from alkit.errors import AlkitError
+from alkit.selection.sizing import RegionSize, size_px_for
 from alkit.selection.strategy import Budget, Strategy, StrategyError, available_strategies, get_strategy
 from alkit.session.state import SessionError
 
@@ -156,16 +157,16 @@ class SessionParts:
         except StrategyError as exc:
             raise SessionError(f"acquisition: {exc}") from None
 
-    def budget(self) -> Budget:
-        """Regions per slide and their side in level-0 px; a side in µm is converted at the cohort's
-        resolution (one resolution for every slide: mixed cohorts need the side in px here)."""
+    def region_size(self) -> RegionSize:
+        """The region side as given: level-0 px, or µm (converted per slide, so a cohort mixing scanner
+        resolutions gets regions of one physical size)."""
         b = self.config["budget"]
-        if b["size_px"] is not None:
-            return Budget(b["n"], b["size_px"])
-        mpps = sorted({round(s.grid.slide_mpp, 6) for s in self.cohort})
-        if len(mpps) > 1:
-            raise SessionError(f"--size-um: the cohort mixes resolutions {mpps} µm/px; give --size in level-0 px")
-        return Budget(b["n"], max(1, round(b["size_um"] / mpps[0])))
+        return RegionSize(px=b["size_px"]) if b["size_px"] is not None else RegionSize(um=b["size_um"])
+
+    def budget(self) -> Budget:
+        """Regions per slide and their side in level-0 px; a side in µm in px of the cohort's first slide
+        (the loop converts it per slide: :meth:`region_size`)."""
+        return Budget(self.config["budget"]["n"], size_px_for(self.region_size(), self.cohort.slides[0].grid.slide_mpp))
 
     # -- task and oracles -----------------------------------------------------------------------
     @property

@@ -263,6 +263,32 @@ def test_size_in_micrometres_is_the_same_physical_region(stores, embedded_cohort
     assert all(np.allclose(r["box_um"][2:], 1024 * mpp) for r in regions)
 
 
+def test_size_in_micrometres_on_a_mixed_resolution_cohort(tmp_path, capsys):
+    """Two scanners, 0.25 and 0.5 µm/px: --size-um gives both slides regions of the same physical side, through
+    the session's loop (its choose step, which acquisition uses too), not one pixel side for all."""
+    from alkit.synthetic import generate_cohort
+
+    stores = tmp_path / "stores"
+    for mpp, size in ((0.25, 4096), (0.5, 2048)):  # the same tissue area, scanned at two resolutions
+        cohort = generate_cohort(tmp_path / f"cohort-{mpp}", n_slides=1, size=size, seed=5, mpp=mpp,
+                                 n_caption_images=0, progress=False)
+        slide = cohort.slides[0].path
+        renamed = slide.with_name(f"scanner-{mpp}{slide.suffix}")
+        slide.rename(renamed)
+        assert main(["embed", str(renamed), "--out", str(stores), "--encoder", "handcrafted", "--mpp", "0.5",
+                     "--patch", "64", "--workers", "0", "-q"]) == 0
+    capsys.readouterr()
+    session = tmp_path / "mixed"
+    code, _, err = _run(capsys, "session", "init", str(session), "--stores", str(stores), "--n", "2", "--size-um", "256",
+                        "--cycles", "2", "-q")
+    assert code == 0, err
+    assert _run(capsys, "session", "next", str(session), "--no-png")[0] == 0
+    regions = json.loads((session / "cycles/0/regions.json").read_text())["regions"]
+    assert {r["slide"]: tuple(r["box_px"][2:]) for r in regions} == {"scanner-0.25": (1024, 1024),
+                                                                     "scanner-0.5": (512, 512)}
+    assert all(np.allclose(r["box_um"][2:], 256) for r in regions)
+
+
 def test_session_from_a_study_yaml(synthetic_cohort, embedded_cohort, tmp_path, capsys):
     import shutil
 

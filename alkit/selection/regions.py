@@ -178,13 +178,13 @@ class StandardSearch:
 
     def __init__(self, score_map: np.ndarray, size: int, labeled: Iterable[Box] = (), expected: int = 1):
         size, _ = check_size_n(size, 0)
-        m, lo, hi = _clean_map_range(score_map)
+        m, lo = _clean_map_low(score_map)  # the search takes the maximum from its block maxima
         self.shape = m.shape
         height, width = m.shape
         self.wh, self.ww = min(size, height), min(size, width)
+        self.search = WindowSearch(m, self.wh, self.ww, lo, expected) if m.size else None
         self.blocked = cover_cells(box_array(labeled))
         self.taken: list[Region] = []
-        self.search = WindowSearch(m, self.wh, self.ww, lo, hi, expected) if m.size else None
         if self.search is not None:
             for bx, by, bw, bh in self.blocked:
                 self.search.suppress(int(bx), int(by), int(bw), int(bh))
@@ -228,6 +228,18 @@ def clean_map(score_map: np.ndarray) -> np.ndarray:
 
 def _clean_map_range(score_map: np.ndarray) -> tuple[np.ndarray, float, float]:
     """:func:`clean_map` and the map's minimum and maximum (0, 0 for an empty map)."""
+    m, lo = _clean_map_low(score_map)
+    if m.size == 0:
+        return m, 0.0, 0.0
+    hi = float(m.max())
+    if hi == np.inf:
+        raise ValueError("a score map must not hold infinite values")
+    return m, lo, hi
+
+
+def _clean_map_low(score_map: np.ndarray) -> tuple[np.ndarray, float]:
+    """:func:`clean_map` and the map's minimum (0 for an empty map), checked for NaN and -inf in one pass
+    over the values (min propagates NaN); +inf is left to whoever takes the maximum."""
     m = np.asarray(score_map)
     if m.ndim != 2:
         raise ValueError(f"a score map must be 2-D, got shape {m.shape}")
@@ -240,14 +252,14 @@ def _clean_map_range(score_map: np.ndarray) -> tuple[np.ndarray, float, float]:
     elif m.dtype.itemsize > 8:
         m = m.astype(np.float64)
     if m.size == 0:
-        return m, 0.0, 0.0
-    lo, hi = m.min(), m.max()
-    if np.isnan(lo) or np.isnan(hi):
+        return m, 0.0
+    lo = m.min()
+    if np.isnan(lo):
         m = np.where(np.isnan(m), m.dtype.type(0), m)
-        lo, hi = m.min(), m.max()
-    if not (np.isfinite(lo) and np.isfinite(hi)):
+        lo = m.min()
+    if lo == -np.inf:
         raise ValueError("a score map must not hold infinite values")
-    return m, float(lo), float(hi)
+    return m, float(lo)
 
 
 def box_array(boxes: Iterable[Box] | np.ndarray) -> np.ndarray:

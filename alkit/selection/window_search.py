@@ -6,10 +6,14 @@ all windows of a 2000 × 2000 map costs about as much as a box filter of the who
 work is wasted, since only windows near the best ones can win. :class:`WindowSearch` therefore
 bounds first and sums later:
 
-* The map is cut into ``BLOCK × BLOCK`` cell blocks and the positive part of each block summed (one
-  pass, float32 like the map). Window origins are grouped into blocks of the same size; every window
-  whose origin lies in an origin block touches the same few map blocks, so the sum of their positive
-  parts (plus a margin for rounding) bounds every such window from above.
+* The map is cut into ``BLOCK × BLOCK`` cell blocks; one pass per statistic gives each block's sum
+  and maximum. Window origins are grouped into origin blocks of the same size. Every window whose
+  origin lies in one origin block covers whole the same inner map blocks (their exact sums count)
+  and, of the blocks around them, a number of cells that is linear in the origin's offset inside its
+  block along each axis (each such cell is at most its block's maximum). So that bound is bilinear in
+  the two offsets and its largest value is taken at one of the four corner offsets: evaluated there
+  (plus a margin for rounding), it bounds every window of the origin block from above. On a smooth
+  map it exceeds the best window of the block by a fraction of a percent.
 * Exact window sums (the fixed-point arithmetic documented in :mod:`alkit.selection.regions`:
   :func:`window_sums`, or :func:`rect_window_sums` through an int64 integral image, the same
   integers) are computed only for origin blocks whose bound reaches the best exact sum found so far,
@@ -26,17 +30,18 @@ Since every window that could beat or tie the best one is summed exactly, the pi
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import scipy.ndimage as ndi
 
-BLOCK = 4  # cells per side of the blocks the bounds are computed on
+BLOCK = 8  # cells per side of the blocks the bounds are computed on
 SMALL_BLOCKS = 64  # maps with at most this many origin blocks are summed whole at once
 DENSE_SHARE = 0.25  # once this share of the origin blocks is needed, sum the whole map at once
 TILE = 1  # needed blocks in neighbouring tiles of TILE × TILE blocks are summed in one rectangle
 RECT_CELLS = 1 << 20  # rectangles up to this many cells are summed through one int64 integral image
 PREFETCH = 0.01  # also sum blocks whose bound is this fraction below the best sum: later picks need them
-RELATIVE_SLACK = 1e-4  # float32 block sums err by far less than this; float64 box sums of them too
+RELATIVE_SLACK = 1e-4  # of a window full of the largest |value|: far above the float errors of the bounds
 
 
 def fixed_point_exponent(amax: float, width: int, wh: int, ww: int) -> int:
@@ -123,81 +128,192 @@ def run_sums(a: np.ndarray, k: int, axis: int) -> np.ndarray:
     return out
 
 
-def block_sums(a: np.ndarray, b: int) -> np.ndarray:
-    """Sums of the ``b × b`` blocks of ``a`` (the last row and column of blocks may be partial)."""
+def block_reduce(a: np.ndarray, b: int, op: np.ufunc) -> np.ndarray:
+    """``op`` (``np.add``, ``np.maximum``) over the ``b × b`` blocks of ``a`` (the last row and column of
+    blocks may be partial). Rows first, through a reshape that puts a block's rows on their own axis
+    (one pass over the map, no copy); then the columns of the b times smaller result by strided ops
+    (numpy's reduction over a short inner axis is far slower)."""
     height, width = a.shape
     full_h, full_w = height // b * b, width // b * b
-    rows = a[0:full_h:b].copy()  # strided adds of whole rows: faster than numpy's sum over an axis
-    for k in range(1, b):
-        rows += a[k:full_h:b]
+    rows = op.reduce(a[:full_h].reshape(full_h // b, b, width), axis=1)
     if full_h < height:
-        rows = np.vstack([rows, a[full_h:].sum(axis=0, keepdims=True)])
-    out = rows[:, 0:full_w:b].copy()  # strided adds: far faster than a sum over a short inner axis
+        rows = np.vstack([rows, op.reduce(a[full_h:], axis=0, keepdims=True)])
+    out = rows[:, 0:full_w:b].copy()
     for k in range(1, b):
-        out += rows[:, k:full_w:b]
+        op(out, rows[:, k:full_w:b], out=out)
     if full_w < width:
-        out = np.hstack([out, rows[:, full_w:].sum(axis=1, keepdims=True)])
+        out = np.hstack([out, op.reduce(rows[:, full_w:], axis=1, keepdims=True)])
     return out
+
+
+def block_sums(a: np.ndarray, b: int) -> np.ndarray:
+    """Sums of the ``b × b`` blocks of ``a`` (the last row and column of blocks may be partial)."""
+    return block_reduce(a, b, np.add)
+
+
+def block_maxima(a: np.ndarray, b: int) -> np.ndarray:
+    """Maxima of the ``b × b`` blocks of ``a`` (the last row and column of blocks may be partial)."""
+    return block_reduce(a, b, np.maximum)
+
+
+def max_runs(a: np.ndarray, k: int, axis: int) -> np.ndarray:
+    """Maxima of ``k`` consecutive entries along ``axis`` (0 or 1; length ``n - k + 1`` there)."""
+    length = a.shape[axis] - k + 1
+    pieces = [a[s:s + length] if axis == 0 else a[:, s:s + length] for s in range(k)]
+    out = pieces[0].copy()
+    for piece in pieces[1:]:
+        np.maximum(out, piece, out=out)
+    return out
+
+
+class Segment(NamedTuple):
+    """Map blocks ``start .. start + length - 1`` (offsets from the origin block along one axis) and how
+    many of their rows (or columns) a window covers: ``count + slope · d``, ``d`` the window origin's
+    offset inside its origin block. ``whole``: every one of the blocks is covered whole by every window
+    (the count is then per block); otherwise the cells covered are bounded by the blocks' maxima."""
+
+    whole: bool
+    start: int
+    length: int
+    count: int
+    slope: int
+
+
+def axis_segments(size: int, b: int) -> tuple[Segment, ...]:
+    """How the windows of ``size`` cells whose origins share one block of ``b`` cover the map blocks along
+    one axis. With ``size = q·b + r`` (q >= 1): block 0 loses the ``d`` cells before the origin, blocks
+    1 .. q - 1 are covered whole, and ``r + d`` cells follow in block q (and q + 1 once they do not fit).
+    A window shorter than a block covers ``size`` cells of blocks 0 (and 1)."""
+    q, r = divmod(size, b)
+    if q == 0:
+        return (Segment(False, 0, 1 + (size + b - 2) // b, size, 0),)
+    inner = (Segment(True, 1, q - 1, b, 0),) if q > 1 else ()
+    return (Segment(False, 0, 1, b, -1), *inner, Segment(False, q, 1 + (r + b - 2) // b, r, 1))
 
 
 _EIGHT = np.ones((3, 3), bool)
 
 
 class WindowSearch:
-    """The best free ``wh × ww`` window of a cleaned map (NaN-free, finite), pick after pick.
+    """The best free ``wh × ww`` window of a cleaned map (NaN-free, minimum ``lo`` > -inf), pick after pick.
 
     :meth:`best` returns the origin of the window with the highest exact sum among those not
     suppressed (ties: smallest y, then x), or None when none has a positive sum; :meth:`suppress`
     takes out every window overlapping a box. Exact sums, once computed, are kept for later picks.
+    Raises ``ValueError`` when the map holds +inf (its maximum comes from the block maxima, so that
+    the caller's cleaning needs one pass over the map, not two).
     """
 
-    def __init__(self, m: np.ndarray, wh: int, ww: int, lo: float, hi: float, expected: int = 1):
+    def __init__(self, m: np.ndarray, wh: int, ww: int, lo: float, expected: int = 1):
         self.m, self.wh, self.ww = m, wh, ww
         self.expected = max(int(expected), 1)  # picks likely asked for: how far the first round reaches
         height, width = m.shape
         self.oh, self.ow = height - wh + 1, width - ww + 1
         self.rects: list[tuple[int, int, int, int]] = []  # suppressed origin ranges (y0, y1, x0, x1)
+        b = BLOCK
+        maxima = block_maxima(m, b)
+        hi = float(maxima.max())
+        if hi == np.inf:
+            raise ValueError("a score map must not hold infinite values")
         self.nothing = not hi > 0  # no positive cell: no window can have a positive sum
         if self.nothing:
             return
         self.exponent = fixed_point_exponent(max(-lo, hi), width, wh, ww)
-        b = BLOCK
         self.nbh, self.nbw = -(-self.oh // b), -(-self.ow // b)
-        self.scores = np.empty((self.oh, self.ow))  # exact sums; valid inside done blocks only
+        self.exact: list[ExactSums] = []  # the rectangles of origin blocks summed so far
+        self.owner = np.full((self.nbh, self.nbw), -1, np.int32)  # which of them holds each block's sums
         self.blockmax = np.full((self.nbh, self.nbw), -np.inf)  # best free exact sum per done block
         self.rowmax = np.full(self.nbh, -np.inf)  # the best of each row of blocks
-        self.done = np.zeros((self.nbh, self.nbw), bool)
         self.dead = np.zeros((self.nbh, self.nbw), bool)  # every origin of the block suppressed
-        self.bound = self._bounds(m, lo)
         self.rounds = 0  # rectangles summed so far
         self.level = np.inf  # every block whose bound reaches this level is in ``candidates``
         self.candidates = np.zeros(0, np.int64)  # flat indices of origin blocks
         if self.nbh * self.nbw <= SMALL_BLOCKS:
+            self.bound = np.full((self.nbh, self.nbw), np.inf)
             self._compute_all()
+        else:
+            self.bound = self._bounds(m, maxima, max(-lo, hi))
 
-    def _bounds(self, m: np.ndarray, lo: float) -> np.ndarray:
-        """Per origin block, an upper bound (in steps) of every window sum whose origin lies in it."""
-        b = BLOCK
-        positive = block_sums(m if lo >= 0 else np.maximum(m, 0), b).astype(np.float64)
-        tbh, tbw = (b + self.wh - 2) // b + 1, (b + self.ww - 2) // b + 1  # map blocks a window group touches
-        padded = np.zeros((self.nbh + tbh - 1, self.nbw + tbw - 1))
-        rows, cols = min(len(positive), len(padded)), min(positive.shape[1], padded.shape[1])
-        padded[:rows, :cols] = positive[:rows, :cols]
-        touched = run_sums(run_sums(padded, tbh, 0), tbw, 1)  # (nbh, nbw): sums of non-negative numbers
-        self._lattice = touched * ((self.wh // b) * (self.ww // b) / (tbh * tbw))  # ~ sums of lattice windows
-        margin = 0.5 * tbh * tbw * b * b + 2.0  # rounding each touched cell to a step moves it by <= 1/2
-        touched *= 1.0 + RELATIVE_SLACK
-        touched = np.ldexp(touched, self.exponent)  # 2**exponent alone may overflow (tiny maps: exponent > 1023)
-        touched += margin
-        return touched
+    def _bounds(self, m: np.ndarray, maxima: np.ndarray, amax: float) -> np.ndarray:
+        """Per origin block, an upper bound (in steps) of every window sum whose origin lies in it.
+
+        For origin offsets ``(dy, dx)`` inside the block, the bound is the sum, over pairs of a row and
+        a column :class:`Segment`, of the cells covered times the largest block maximum there (block
+        sums where both segments are covered whole). Maxima are taken before sums: a sum of maxima
+        bounds a sum of cells, the converse does not. Each count is linear in dy or dx, so the bound
+        is bilinear and its maximum over the block is at a corner offset. Errors: each cell is rounded
+        to a step by at most 1/2; block sums in float32 err by below 2·BLOCK·2**-24 of the sum of
+        |cells|; the float64 steps below by about 2**-53 of 2**52 each: all far below the margin.
+        """
+        b, e = BLOCK, self.exponent
+        n = (self.nbh, self.nbw)
+        segments = (axis_segments(self.wh, b), axis_segments(self.ww, b))
+        shape = tuple(n[a] + max(s.start + s.length - 1 for s in segments[a]) for a in (0, 1))
+
+        def in_steps(blocks: np.ndarray, exponent: int) -> np.ndarray:
+            """Block statistics times 2**exponent (ldexp: 2**e alone may overflow), float32, padded to
+            ``shape`` (blocks beyond the map are never covered: any finite value does)."""
+            scaled = np.ldexp(blocks, exponent)  # exact; below 2**52 steps, far from float32's limits
+            out = np.zeros(shape, np.float32)
+            rows, cols = min(len(blocks), shape[0]), min(blocks.shape[1], shape[1])
+            out[:rows, :cols] = scaled[:rows, :cols]
+            return out
+
+        with np.errstate(over="ignore"):
+            sums = block_sums(m, b)
+        if np.isfinite(sums).all():
+            whole_sums = in_steps(sums, e)
+        else:  # float32 sums of values near float32's limit overflow; in steps they cannot
+            whole_sums = in_steps(block_sums(np.ldexp(m, e, dtype=np.float64), b), 0)
+        block_max = in_steps(maxima, e)
+
+        cache: dict[tuple, np.ndarray] = {}
+
+        def values(rs: Segment, cs: Segment) -> np.ndarray:
+            """Per origin block: the sum of block sums (both segments whole), else the sum over the
+            whole segment's blocks of the largest maximum across the other segment's blocks."""
+            key = (rs.whole, rs.length, cs.whole, cs.length)
+            if key not in cache:
+                if rs.whole and cs.whole:
+                    arr = run_sums(run_sums(whole_sums, rs.length, 0), cs.length, 1)
+                else:
+                    arr = block_max
+                    for axis, s in ((0, rs), (1, cs)):
+                        if not s.whole and s.length > 1:
+                            arr = max_runs(arr, s.length, axis)
+                    for axis, s in ((0, rs), (1, cs)):
+                        if s.whole:
+                            arr = run_sums(arr, s.length, axis)
+                cache[key] = arr
+            return cache[key][rs.start:rs.start + n[0], cs.start:cs.start + n[1]]
+
+        # the bound as poly[i][j] · dy**i · dx**j: each term's weight (count + slope·dy)(count + slope·dx)
+        poly = [[np.zeros(n, np.float32) for _ in range(2)] for _ in range(2)]
+        for rs in segments[0]:
+            for cs in segments[1]:
+                if rs.whole and cs.whole:
+                    weights = {(0, 0): 1}
+                else:
+                    weights = {(i, j): wr * wc for i, wr in enumerate((rs.count, rs.slope))
+                               for j, wc in enumerate((cs.count, cs.slope)) if wr * wc}
+                for (i, j), weight in weights.items():
+                    poly[i][j] += np.float32(weight) * values(rs, cs)
+        bound = None
+        for dy in (0, b - 1):  # the corners of the block of origins
+            for dx in (0, b - 1):
+                total = poly[0][0] + (dy * poly[1][0] + dx * poly[0][1] + dy * dx * poly[1][1])
+                bound = total if bound is None else np.maximum(bound, total, out=bound)
+        cells = self.wh * self.ww
+        tiny = float(np.finfo(m.dtype).smallest_subnormal)  # float32 sums of subnormals err by this much
+        margin = cells * (RELATIVE_SLACK * math.ldexp(amax, e) + math.ldexp(tiny, e) + 0.5) + 2.0
+        return bound.astype(np.float64) + margin
 
     def _first_threshold(self) -> float:
         """A guess (in steps) of the sum of the ``expected``-th pick: greedy selection on the block lattice
-        from the bounds scaled to the window's area. Only the amount of work of the first round depends
-        on it, never the picks."""
+        by the bounds. Only the amount of work of the first round depends on it, never the picks."""
         b = BLOCK
-        sums, self._lattice = self._lattice, None  # used once, changed in place
-        for y0, y1, x0, x1 in self.rects:  # lattice origins of suppressed windows
+        sums = self.bound.copy()
+        for y0, y1, x0, x1 in self.rects:  # origin blocks whose first origin is suppressed
             sums[-(-y0 // b):-(-y1 // b), -(-x0 // b):-(-x1 // b)] = -np.inf
         ry, rx = -(-self.wh // b), -(-self.ww // b)  # lattice windows this far apart overlap
         value = -np.inf
@@ -207,9 +323,14 @@ class WindowSearch:
                 break
             value = float(sums[i, j])
             sums[max(i - ry + 1, 0):i + ry, max(j - rx + 1, 0):j + rx] = -np.inf
-        return float(np.ldexp(value, self.exponent))
+        return value
 
     # ------------------------------------------------------------------------------------- picks
+
+    @property
+    def done(self) -> np.ndarray:
+        """Which origin blocks have their exact sums."""
+        return self.owner >= 0
 
     def best(self) -> tuple[int, int] | None:
         """``(x, y)`` of the best free window with a positive sum, or None."""
@@ -229,7 +350,7 @@ class WindowSearch:
                     self._compute_all()
                     continue
             c = self.candidates
-            c = c[~self.done.ravel()[c] & ~self.dead.ravel()[c]]
+            c = c[(self.owner.ravel()[c] < 0) & ~self.dead.ravel()[c]]
             self.candidates = c  # done and dead blocks never come back
             need = c[self.bound.ravel()[c] >= want]
             if len(need) == 0 and self.rounds == 0 and len(c):  # the guess was too high
@@ -242,11 +363,16 @@ class WindowSearch:
             return None
         i = int(np.argmax(self.rowmax))  # block row of the smallest y holding the best sum
         b = BLOCK
-        strip = self.scores[i * b:(i + 1) * b]
-        valid = np.repeat(self.done[i] & (self.blockmax[i] == top), b)[:self.ow]
-        hit = (strip == top) & valid[None, :]
-        y, x = divmod(int(np.argmax(hit.ravel())), self.ow)
-        return x, i * b + y
+        found = []
+        for k in np.unique(self.owner[i, self.blockmax[i] == top]):  # the rectangles holding them
+            r = self.exact[k]
+            mine = (self.owner[i, r.bj0:r.bj1] == k) & (self.blockmax[i, r.bj0:r.bj1] == top)
+            strip = r.sums[(i - r.bi0) * b:(i - r.bi0 + 1) * b]
+            hit = (strip == top) & np.repeat(mine, b)[None, :strip.shape[1]]
+            y, x = divmod(int(np.argmax(hit.ravel())), strip.shape[1])
+            found.append((i * b + y, r.bj0 * b + x))
+        y, x = min(found)  # ties: the smallest y, then x
+        return x, y
 
     def suppress(self, bx: int, by: int, bw: int, bh: int) -> None:
         """Take out every window that overlaps the box ``(bx, by, bw, bh)`` (map cells, integers)."""
@@ -255,9 +381,11 @@ class WindowSearch:
         if self.nothing or not (y0 < y1 and x0 < x1):
             return
         self.rects.append((y0, y1, x0, x1))
-        self.scores[y0:y1, x0:x1] = -np.inf
         b = BLOCK
         bi0, bi1, bj0, bj1 = y0 // b, -(-y1 // b), x0 // b, -(-x1 // b)
+        for k in np.unique(self.owner[bi0:bi1, bj0:bj1]):
+            if k >= 0:
+                self.exact[k].suppress(y0, y1, x0, x1)
         self._refresh(bi0, bi1, bj0, bj1)
         # blocks whose every origin is suppressed: [i·b, min(i·b + b, oh)) inside [y0, y1)
         fi = [i for i in range(bi0, bi1) if i * b >= y0 and min(i * b + b, self.oh) <= y1]
@@ -271,6 +399,7 @@ class WindowSearch:
 
     def _compute_all(self) -> None:
         self._compute_rect(0, self.nbh, 0, self.nbw)
+        self.level, self.candidates = -np.inf, np.zeros(0, np.int64)  # nothing is left to sum
 
     def _compute(self, flat: np.ndarray) -> None:
         """Exact sums for the bounding rectangle of every group of needed origin blocks (flat indices)."""
@@ -294,26 +423,54 @@ class WindowSearch:
                                    c0 + found[1].stop)
 
     def _compute_rect(self, bi0: int, bi1: int, bj0: int, bj1: int) -> None:
+        """Exact sums of the origin blocks ``bi0 .. bi1-1 × bj0 .. bj1-1``, kept as one :class:`ExactSums`
+        that owns these blocks from now on."""
         b = BLOCK
         self.rounds += 1
         oy0, oy1 = bi0 * b, min(bi1 * b, self.oh)
         ox0, ox1 = bj0 * b, min(bj1 * b, self.ow)
         sub = self.m[oy0:oy1 + self.wh - 1, ox0:ox1 + self.ww - 1]
         sums = rect_window_sums if sub.size <= RECT_CELLS else window_sums
-        self.scores[oy0:oy1, ox0:ox1] = sums(sub, self.wh, self.ww, self.exponent)
+        rect = ExactSums(bi0, bi1, bj0, bj1, sums(sub, self.wh, self.ww, self.exponent))
         for y0, y1, x0, x1 in self.rects:  # suppression applies to freshly summed origins too
-            ya, yb, xa, xb = max(y0, oy0), min(y1, oy1), max(x0, ox0), min(x1, ox1)
-            if ya < yb and xa < xb:
-                self.scores[ya:yb, xa:xb] = -np.inf
-        self.done[bi0:bi1, bj0:bj1] = True
+            rect.suppress(y0, y1, x0, x1)
+        self.owner[bi0:bi1, bj0:bj1] = len(self.exact)
+        self.exact.append(rect)
         self._refresh(bi0, bi1, bj0, bj1)
 
     def _refresh(self, bi0: int, bi1: int, bj0: int, bj1: int) -> None:
         """Recompute the best free exact sum of the done blocks in a range of origin blocks."""
         b = BLOCK
-        sub = self.scores[bi0 * b:min(bi1 * b, self.oh), bj0 * b:min(bj1 * b, self.ow)]
-        best = np.maximum.reduceat(np.maximum.reduceat(sub, np.arange(0, len(sub), b), axis=0),
-                                   np.arange(0, sub.shape[1], b), axis=1)
-        done = self.done[bi0:bi1, bj0:bj1]
-        self.blockmax[bi0:bi1, bj0:bj1] = np.where(done & ~self.dead[bi0:bi1, bj0:bj1], best, -np.inf)
+        owner = self.owner[bi0:bi1, bj0:bj1]
+        for k in np.unique(owner):
+            if k < 0:
+                continue
+            r = self.exact[k]
+            i0, i1, j0, j1 = max(bi0, r.bi0), min(bi1, r.bi1), max(bj0, r.bj0), min(bj1, r.bj1)
+            sub = r.sums[(i0 - r.bi0) * b:(i1 - r.bi0) * b, (j0 - r.bj0) * b:(j1 - r.bj0) * b]
+            best = np.maximum.reduceat(np.maximum.reduceat(sub, np.arange(0, len(sub), b), axis=0),
+                                       np.arange(0, sub.shape[1], b), axis=1)
+            mine = owner[i0 - bi0:i1 - bi0, j0 - bj0:j1 - bj0] == k
+            here = self.blockmax[i0:i1, j0:j1]
+            here[mine] = best[mine]
+        self.blockmax[bi0:bi1, bj0:bj1][self.dead[bi0:bi1, bj0:bj1]] = -np.inf
         self.rowmax[bi0:bi1] = self.blockmax[bi0:bi1].max(axis=1)
+
+
+class ExactSums(NamedTuple):
+    """Exact window sums (in steps) of the origins of origin blocks ``bi0 .. bi1-1 × bj0 .. bj1-1``
+    (``sums[y, x]`` for origin ``(bi0·BLOCK + y, bj0·BLOCK + x)``), -inf where suppressed."""
+
+    bi0: int
+    bi1: int
+    bj0: int
+    bj1: int
+    sums: np.ndarray
+
+    def suppress(self, y0: int, y1: int, x0: int, x1: int) -> None:
+        """-inf for the origins ``y0 .. y1-1 × x0 .. x1-1`` (map coordinates) that lie here."""
+        oy, ox = self.bi0 * BLOCK, self.bj0 * BLOCK
+        ya, yb = max(y0 - oy, 0), min(y1 - oy, self.sums.shape[0])
+        xa, xb = max(x0 - ox, 0), min(x1 - ox, self.sums.shape[1])
+        if ya < yb and xa < xb:
+            self.sums[ya:yb, xa:xb] = -np.inf

@@ -174,6 +174,39 @@ def test_picks_equal_the_oracle_on_large_maps_where_the_bounds_prune(kind):
         assert search.search.done.mean() < 0.5
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_bound_is_at_least_every_exact_window_sum_of_its_origin_block(kind):
+    """The search is exact only if no window beats its origin block's bound: checked on every block against
+    the oracle's sums of every window, for square and oblong windows shorter, as long as and longer than a
+    block, with float32 values near the fixed-point step and near float32's limit among the kinds."""
+    from alkit.selection.regions import _clean_map_low
+    from alkit.selection.window_search import BLOCK, WindowSearch
+
+    rng = np.random.default_rng(100 + KINDS.index(kind))
+    shapes = [(300, 420, 64, 64), (260, 300, 37, 5), (200, 260, 8, 8), (230, 190, 3, 17), (280, 280, 16, 24)]
+    if kind == "smooth":
+        near_limit = (gaussian_filter(rng.random((240, 250)), 3) * 3e38).astype(np.float32)
+        subnormal = (rng.random((240, 250)) * 1e-40).astype(np.float32)
+        maps = [(near_limit, 9, 13), (subnormal, 12, 12)]
+    else:
+        maps = []
+    maps += [(random_map(rng, kind, h, w), wh, ww) for h, w, wh, ww in shapes]
+    checked = 0
+    for raw, wh, ww in maps:
+        m, lo = _clean_map_low(raw)
+        search = WindowSearch(m, wh, ww, lo)
+        if search.nothing or not np.isfinite(search.bound).any():
+            continue
+        exact = window_sums(m, wh, ww, search.exponent)
+        oh, ow = exact.shape
+        pad = np.full((search.nbh * BLOCK, search.nbw * BLOCK), -np.inf)
+        pad[:oh, :ow] = exact
+        best = pad.reshape(search.nbh, BLOCK, search.nbw, BLOCK).max(axis=(1, 3))
+        assert (best <= search.bound).all(), (kind, wh, ww, float((best - search.bound).max()))
+        checked += 1
+    assert checked or kind in ("zeros", "negative"), "no map of this kind reached the bounds"
+
+
 def test_ties_break_by_row_then_column_across_blocks():
     m = np.zeros((600, 600), np.float32)
     for y, x in [(300, 500), (299, 580), (299, 20), (420, 0)]:  # equal spikes: (299, 20) first, then (299, 580)

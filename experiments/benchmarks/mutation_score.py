@@ -23,6 +23,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -47,8 +48,10 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
                                                          "tests/selection/test_diversity_oracle.py")),
     "strategies.common": ("strategies/_common.py", ("tests/contracts/test_strategies.py",)),
     "captions.search": ("alkit/captions/search.py", ("tests/captions/test_captions_search.py",
-                                                     "tests/captions/test_search_oracle.py")),
-    "oracle": ("alkit/al/oracle.py", ("tests/al/test_oracle.py", "tests/contracts/test_oracle_contract.py")),
+                                                     "tests/captions/test_search_oracle.py",
+                                                     "tests/captions/test_search_mutants.py")),
+    "oracle": ("alkit/al/oracle.py", ("tests/al/test_oracle.py", "tests/contracts/test_oracle_contract.py",
+                                      "tests/al/test_oracle_mutants.py")),
     "segmentation.oracle": ("alkit/tasks/segmentation/oracle.py", ("tests/tasks/test_tumour_oracle.py",)),
     "detection.oracle": ("alkit/tasks/detection/oracle.py", ("tests/tasks/test_mitosis_oracle.py",)),
 }
@@ -116,15 +119,22 @@ def counts(copy: Path, source: str) -> tuple[dict[str, int], list[str]]:
 def run_module(scratch: Path, name: str, children: int, limit_s: float, show: bool) -> dict:
     source, _ = MODULES[name]
     copy = prepare(scratch, name)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    # one thread per test process: mutmut's time limit counts CPU seconds, which torch / BLAS threads
+    # spend faster than wall time (strategy tests then "time out" on every mutant)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "OPENBLAS_NUM_THREADS": "1"}
     env.pop("PYTHONPATH", None)
     mutmut = [sys.executable, "-c", "import sys; from mutmut.__main__ import cli; sys.exit(cli())"]
     started = time.monotonic()
+    # its own process group, so that stopping it at the limit stops its workers too
+    proc = subprocess.Popen([*mutmut, "run", "--max-children", str(children)], cwd=copy, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        done = subprocess.run([*mutmut, "run", "--max-children", str(children)], cwd=copy, env=env,
-                              capture_output=True, text=True, timeout=limit_s)
-        note = "" if done.returncode == 0 else f"mutmut exit {done.returncode}: {done.stderr.strip()[-400:]}"
+        _, stderr = proc.communicate(timeout=limit_s)
+        note = "" if proc.returncode == 0 else f"mutmut exit {proc.returncode}: {stderr.strip()[-400:]}"
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
         note = f"stopped after {limit_s:.0f} s (partial counts)"
     seconds = time.monotonic() - started
     tally, survivors = counts(copy, source)

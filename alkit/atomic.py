@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 #: the name of :func:`staging_folder`'s folders: ``.LABEL@HOST.PID.TAG.tmp`` (a :data:`TEMP_NAME` too)
 STAGING_NAME = re.compile(r"^\.(?P<label>[^@/]+)@(?P<host>[^/]*)\.(?P<pid>\d+)\.(?P<tag>[0-9a-f]{8})\.tmp$")
 
-#: the name of :func:`atomic_path`'s temporary files: ``.NAME.PID.TAG.tmp.SUFFIX`` (TAG: 8 hex digits)
+#: the name of :func:`atomic_path`'s temporary files: ``.NAME@HOST.PID.TAG.tmp.SUFFIX`` (TAG: 8 hex digits;
+#: names of older alkit versions lack ``@HOST``)
 TEMP_NAME = re.compile(r"^\.(?P<stem>.*)\.(?P<pid>\d+)\.(?P<tag>[0-9a-f]{8})\.tmp(?P<suffix>\.[^.]*)?$")
 
 
@@ -56,7 +57,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 def temp_name(path: str | os.PathLike) -> Path:
     """A fresh temporary name next to ``path``, matching :data:`TEMP_NAME` (hidden, so readers skip it)."""
     path = Path(path)
-    return path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+    return path.with_name(f".{path.stem}@{_host()}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
 
 
 def is_hidden(path: str | os.PathLike) -> bool:
@@ -86,7 +87,8 @@ def process_alive(pid: int) -> bool:
 def remove_stale_temps(folder: str | os.PathLike, suffix: str | None = None) -> list[Path]:
     """Remove the temporary files that crashed writers left in ``folder`` (optionally only ``suffix``):
     files named like :data:`TEMP_NAME` whose process is no longer running on this machine. A writer
-    that is still running keeps its file. Returns the files removed."""
+    that is still running keeps its file, and so does a writer on another machine sharing the folder
+    (another ``@HOST``: its pid says nothing here). Returns the files removed."""
     folder = Path(folder)
     removed: list[Path] = []
     if not folder.is_dir():
@@ -94,6 +96,9 @@ def remove_stale_temps(folder: str | os.PathLike, suffix: str | None = None) -> 
     for entry in folder.iterdir():
         m = TEMP_NAME.match(entry.name)
         if not m or (suffix is not None and m.group("suffix") != suffix) or not entry.is_file():
+            continue
+        _, at, host = m.group("stem").rpartition("@")
+        if at and host != _host():  # another machine's writer (no "@": an older alkit's name, this machine's)
             continue
         if process_alive(int(m.group("pid"))):
             continue

@@ -171,17 +171,22 @@ def test_readers_skip_temporary_and_hidden_files(tmp_path):
 
 
 def test_stale_temporary_files_go_live_ones_stay(tmp_path):
-    from alkit.atomic import remove_stale_temps, temp_name
+    from alkit.atomic import TEMP_NAME, remove_stale_temps, temp_name
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     stale = tmp_path / f".x.{int(dead.stdout)}.0123abcd.tmp.h5"
     mine = temp_name(tmp_path / "y.h5")
     other_suffix = tmp_path / f".z.{int(dead.stdout)}.0123abcd.tmp.json"
     plain = tmp_path / ".keep"
-    for p in (stale, mine, other_suffix, plain):
+    here = TEMP_NAME.match(mine.name)["stem"].rpartition("@")[2]  # this machine, as temporary names carry it
+    dead_here = tmp_path / f".w@{here}.{int(dead.stdout)}.0123abcd.tmp.h5"
+    # another node writing into the same shared folder, with a pid that is dead here: still writing there
+    elsewhere = tmp_path / f".v@not-{here}.{int(dead.stdout)}.0123abcd.tmp.h5"
+    for p in (stale, mine, other_suffix, plain, dead_here, elsewhere):
         p.write_bytes(b"x")
-    assert remove_stale_temps(tmp_path, ".h5") == [stale]
-    assert mine.exists() and other_suffix.exists() and plain.exists()
+    assert mine.name.startswith(".y@") and here
+    assert sorted(remove_stale_temps(tmp_path, ".h5")) == sorted([stale, dead_here])
+    assert mine.exists() and other_suffix.exists() and plain.exists() and elsewhere.exists()
 
 
 def test_a_truncated_caption_embedding_cache_is_recomputed(tmp_path, caplog):

@@ -113,9 +113,11 @@ def encoder_identity(spec: str) -> EncoderIdentity | None:
     return _card_identity(spec, weights or None)
 
 
-def _is_global_zero() -> bool:
-    """Rank 0 of a launched multi-process run (or a plain run), as the embedder decides it."""
-    return all(int(os.environ.get(name, 0) or 0) == 0 for name in ("NODE_RANK", "LOCAL_RANK", "RANK", "SLURM_PROCID"))
+def first_on_node() -> bool:
+    """The first process on this node of a launched multi-process run (or a plain run, or the launcher
+    before it starts its processes): each node clears its own dead writers' temporary files, whose names
+    carry the host (:func:`alkit.atomic.remove_stale_temps`)."""
+    return all(int(os.environ.get(name, 0) or 0) == 0 for name in ("LOCAL_RANK", "SLURM_LOCALID"))
 
 
 def cached_stores(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *, encoder: str,
@@ -153,6 +155,6 @@ def cached_stores(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike
         stores.append(target)
     if len(set(stores)) != len(stores):
         return None
-    if _is_global_zero():
+    if first_on_node():
         remove_stale_temps(out, ".h5")
     return stores

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from alkit.atomic import remove_stale_temps
 from alkit.embeddings.blocks import CohortPatches, SlideJob, rank_jobs
+from alkit.embeddings.cached import first_on_node
 from alkit.embeddings.encoders import Encoder, get_encoder
 from alkit.embeddings.writer import IncrementalStore
 from alkit.errors import AlkitError
@@ -233,13 +234,6 @@ class StoreWriter(BasePredictionWriter):
         return names
 
 
-def _is_global_zero() -> bool:
-    """Rank 0 before and after Lightning launches its processes (env set by Lightning's launcher,
-    torchrun's ``RANK`` or Slurm's ``SLURM_PROCID``)."""
-    names = ("NODE_RANK", "LOCAL_RANK", "RANK", "SLURM_PROCID")
-    return all(int(os.environ.get(name, 0) or 0) == 0 for name in names)
-
-
 class Embedder:
     """Embeds slides with one encoder and one Trainer; a second run over the same slides is a cache hit."""
 
@@ -324,7 +318,7 @@ class Embedder:
         ``i % world_size`` however far an earlier run got.
         """
         self.preflight(paths, slide_mpp)
-        if _is_global_zero():  # what an interrupted run left: temporary store files of dead processes
+        if first_on_node():  # what an interrupted run left: temporary store files of this node's dead processes
             remove_stale_temps(self.out_dir, ".h5")
         stores, jobs = [], []
         for i, p in enumerate(paths):

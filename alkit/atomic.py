@@ -18,11 +18,9 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-#: the name of :func:`staging_folder`'s folders: ``.LABEL@HOST.PID.TAG.tmp`` (a :data:`TEMP_NAME` too)
-STAGING_NAME = re.compile(r"^\.(?P<label>[^@/]+)@(?P<host>[^/]*)\.(?P<pid>\d+)\.(?P<tag>[0-9a-f]{8})\.tmp$")
-
-#: the name of :func:`atomic_path`'s temporary files: ``.NAME@HOST.PID.TAG.tmp.SUFFIX`` (TAG: 8 hex digits;
-#: names of older alkit versions lack ``@HOST``)
+#: the name of :func:`atomic_path`'s temporary files and :func:`staging_folder`'s folders:
+#: ``.NAME@HOST.PID.TAG.tmp.SUFFIX`` (TAG: 8 hex digits; no suffix for folders; names of older alkit
+#: versions lack ``@HOST``)
 TEMP_NAME = re.compile(r"^\.(?P<stem>.*)\.(?P<pid>\d+)\.(?P<tag>[0-9a-f]{8})\.tmp(?P<suffix>\.[^.]*)?$")
 
 
@@ -84,23 +82,30 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temps(folder: str | os.PathLike, suffix: str | None = None) -> list[Path]:
-    """Remove the temporary files that crashed writers left in ``folder`` (optionally only ``suffix``):
-    files named like :data:`TEMP_NAME` whose process is no longer running on this machine. A writer
-    that is still running keeps its file, and so does a writer on another machine sharing the folder
-    (another ``@HOST``: its pid says nothing here). Returns the files removed."""
-    folder = Path(folder)
-    removed: list[Path] = []
+def _dead_writers(folder: Path) -> Iterator[tuple[Path, re.Match]]:
+    """The entries of ``folder`` named like :data:`TEMP_NAME` whose writer was a process of this machine
+    that is no longer running. Another machine's (another ``@HOST`` on a shared folder: its pid says
+    nothing here) and live writers' are never listed; a name without ``@HOST`` (an older alkit's) counts
+    as this machine's."""
     if not folder.is_dir():
-        return removed
+        return
     for entry in folder.iterdir():
         m = TEMP_NAME.match(entry.name)
-        if not m or (suffix is not None and m.group("suffix") != suffix) or not entry.is_file():
+        if not m:
             continue
         _, at, host = m.group("stem").rpartition("@")
-        if at and host != _host():  # another machine's writer (no "@": an older alkit's name, this machine's)
+        if (at and host != _host()) or process_alive(int(m.group("pid"))):
             continue
-        if process_alive(int(m.group("pid"))):
+        yield entry, m
+
+
+def remove_stale_temps(folder: str | os.PathLike, suffix: str | None = None) -> list[Path]:
+    """Remove the temporary files that crashed writers left in ``folder`` (optionally only ``suffix``):
+    see :func:`_dead_writers` for whose. Returns the files removed."""
+    folder = Path(folder)
+    removed: list[Path] = []
+    for entry, m in _dead_writers(folder):
+        if (suffix is not None and m.group("suffix") != suffix) or not entry.is_file():
             continue
         try:
             entry.unlink()
@@ -115,12 +120,11 @@ def remove_stale_temps(folder: str | os.PathLike, suffix: str | None = None) -> 
 @contextlib.contextmanager
 def staging_folder(parent: str | os.PathLike, label: str) -> Iterator[Path]:
     """Yields a fresh hidden folder in ``parent`` for files that are written, used (uploaded), then
-    dropped; removes it when the block ends, however it ends. Its name (:data:`STAGING_NAME`) carries
-    this host and process, so :func:`remove_stale_staging` can clear what a killed process left there
-    without touching a live one's, on this or another machine sharing the folder."""
-    parent = Path(parent)
-    parent.mkdir(parents=True, exist_ok=True)
-    folder = parent / f".{label}@{_host()}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    dropped; removes it when the block ends, however it ends. Its name is a :func:`temp_name` of
+    ``label`` (host and process in it), so :func:`remove_stale_staging` can clear what a killed process
+    left there without touching a live one's, on this or another machine sharing the folder."""
+    folder = temp_name(Path(parent) / label)
+    folder.parent.mkdir(parents=True, exist_ok=True)
     folder.mkdir()
     try:
         yield folder
@@ -133,15 +137,10 @@ def remove_stale_staging(parent: str | os.PathLike, label: str) -> list[Path]:
     this host is gone (a SIGKILL or power cut skips the clean-up). Returns the folders removed."""
     parent = Path(parent)
     removed: list[Path] = []
-    if not parent.is_dir():
-        return removed
-    for entry in parent.iterdir():
-        m = STAGING_NAME.match(entry.name)
-        if (not m or m.group("label") != label or m.group("host") != _host() or not entry.is_dir()
-                or process_alive(int(m.group("pid")))):
-            continue
-        shutil.rmtree(entry, ignore_errors=True)
-        removed.append(entry)
+    for entry, m in _dead_writers(parent):
+        if m.group("stem") == f"{label}@{_host()}" and not m.group("suffix") and entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
     if removed:
         log.info("%s: removed %d staging folder(s) of interrupted runs", parent, len(removed))
     return removed

@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from alkit.atomic import STAGING_NAME, TEMP_NAME, remove_stale_staging, staging_folder
+from alkit.atomic import TEMP_NAME, remove_stale_staging, staging_folder
+
+
+def _owner(folder: Path) -> tuple[str, str, int]:
+    """``(label, host, pid)`` of a staging folder's name."""
+    m = TEMP_NAME.match(folder.name)
+    label, _, host = m["stem"].rpartition("@")
+    return label, host, int(m["pid"])
 
 KILLED_WRITER = """
 import os, signal, sys
@@ -25,10 +32,10 @@ with staging_folder(sys.argv[1], "alkit-export") as folder:
 def test_a_staging_folder_is_hidden_named_for_its_owner_and_removed_however_the_block_ends(tmp_path):
     with staging_folder(tmp_path / "out", "alkit-export") as folder:
         (folder / "file.txt").write_text("x")
-        m = STAGING_NAME.match(folder.name)
         assert folder.parent == tmp_path / "out" and folder.name.startswith(".")
-        assert m and m["label"] == "alkit-export" and int(m["pid"]) == os.getpid()
         assert TEMP_NAME.match(folder.name)  # the tests' "nothing temporary left" check sees it too
+        label, host, pid = _owner(folder)
+        assert label == "alkit-export" and host and pid == os.getpid()
     assert not folder.exists()
     with pytest.raises(RuntimeError):
         with staging_folder(tmp_path / "out", "alkit-export") as failed:
@@ -40,10 +47,9 @@ def test_a_staging_folder_is_hidden_named_for_its_owner_and_removed_however_the_
 def test_only_the_folders_of_dead_processes_on_this_host_with_the_label_are_removed(tmp_path):
     done = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(tmp_path)], capture_output=True, timeout=60)
     assert done.returncode == -signal.SIGKILL
-    (killed,) = [p for p in tmp_path.iterdir() if STAGING_NAME.match(p.name)]
+    (killed,) = [p for p in tmp_path.iterdir() if TEMP_NAME.match(p.name)]
     assert (killed / "png" / "slide.png").is_file()
-    host = STAGING_NAME.match(killed.name)["host"]
-    dead_pid = STAGING_NAME.match(killed.name)["pid"]
+    _, host, dead_pid = _owner(killed)
     elsewhere = tmp_path / f".alkit-export@not-{host}.{dead_pid}.0123abcd.tmp"  # another machine's, same pid
     other_label = tmp_path / f".alkit-summary@{host}.{dead_pid}.0123abcd.tmp"
     user_folder = tmp_path / "alkit-export"  # not a staging name at all

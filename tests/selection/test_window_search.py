@@ -13,7 +13,8 @@ from scipy.ndimage import gaussian_filter
 
 import strategies._common as common
 from alkit.selection.regions import Region, StandardSearch, box_array, clean_map, cover_cells, select_standard
-from alkit.selection.window_search import block_sums, rect_window_sums, run_sums, window_sums
+from alkit.selection.window_bounds import block_sums, run_sums
+from alkit.selection.window_search import rect_window_sums, window_sums
 
 
 # ------------------------------------------------------------------ the oracle: every window summed
@@ -180,7 +181,8 @@ def test_every_bound_is_at_least_every_exact_window_sum_of_its_origin_block(kind
     the oracle's sums of every window, for square and oblong windows shorter, as long as and longer than a
     block, with float32 values near the fixed-point step and near float32's limit among the kinds."""
     from alkit.selection.regions import _clean_map_low
-    from alkit.selection.window_search import BLOCK, WindowSearch
+    from alkit.selection.window_bounds import BLOCK
+    from alkit.selection.window_search import WindowSearch
 
     rng = np.random.default_rng(100 + KINDS.index(kind))
     shapes = [(300, 420, 64, 64), (260, 300, 37, 5), (200, 260, 8, 8), (230, 190, 3, 17), (280, 280, 16, 24)]

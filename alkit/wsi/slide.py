@@ -21,6 +21,7 @@ from PIL import Image
 
 from alkit.errors import AlkitError
 from alkit.wsi.box import Box
+from alkit.wsi.pixels import read_rgb, rgba_to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +276,7 @@ class Slide:
         """An associated image as RGB uint8."""
         if name not in self._osr.associated_images:
             raise SlideError(self.path, f"no associated image {name!r}; has {self.associated_images}")
-        return _rgba_to_rgb(np.asarray(self._osr.associated_images[name].convert("RGBA")))
+        return rgba_to_rgb(np.asarray(self._osr.associated_images[name].convert("RGBA")))
 
     # -- reading -------------------------------------------------------------------------------
     def best_level(self, downsample: float) -> int:
@@ -343,10 +344,9 @@ class Slide:
             # read_region takes level-0 coordinates for the origin and level pixels for the size
             origin = (round(cx0 * ds), round(cy0 * ds))
             try:
-                rgba = self._osr.read_region(origin, level, (cx1 - cx0, cy1 - cy0))
+                rgb = read_rgb(self._osr, origin, level, (cx1 - cx0, cy1 - cy0))
             except openslide.OpenSlideError as exc:
                 raise SlideError(self.path, f"reading level {level} at {origin} failed: {exc}") from None
-            rgb = _rgba_to_rgb(np.asarray(rgba))
             if inside:
                 return rgb
             canvas[cy0 - ly0:cy1 - ly0, cx0 - lx0:cx1 - lx0] = rgb
@@ -373,14 +373,3 @@ def resample(canvas: np.ndarray, src: tuple[float, float, float, float], out_w: 
     shrinking = (src[2] - src[0]) >= out_w
     method = Image.Resampling.BOX if shrinking else Image.Resampling.BICUBIC
     return np.array(Image.fromarray(canvas).resize((out_w, out_h), method, box=src))  # a writable copy
-
-
-def _rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
-    """Composite (non-premultiplied) RGBA on white; fully opaque input passes through."""
-    alpha = rgba[..., 3:4]
-    if alpha.min() == 255:
-        return np.ascontiguousarray(rgba[..., :3])
-    a = alpha.astype(np.float32) / 255.0
-    rgb = rgba[..., :3].astype(np.float32) * a + 255.0 * (1.0 - a)
-    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
-

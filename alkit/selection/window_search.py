@@ -16,8 +16,11 @@ bounds first and sums later:
   as rectangles around connected groups of such blocks, and kept: later picks reuse them (a pick only
   marks the windows it suppresses). The first round, before any exact sum is known, takes every block
   whose bound reaches a guess of the last pick's sum (greedy selection on the block lattice), so that
-  one round usually serves every pick. When the bounds prune little (a flat map), the whole map is
-  summed once, which is what the straightforward algorithm always does.
+  one round usually serves every pick. When the bounds prune little (a flat map), or the rectangles
+  summed would cost more than summing the whole map (many small groups on a rough map: each rectangle
+  has a fixed cost and reads the window's reach past it again), the whole map is summed once, which is
+  what the straightforward algorithm always does; many small groups of one round are summed as their
+  common bounding rectangle where that is cheaper.
 
 Since every window that could beat or tie the best one is summed exactly, the picks, ties included
 (smallest y, then smallest x), are those of summing every window.
@@ -38,6 +41,10 @@ DENSE_SHARE = 0.25  # once this share of the origin blocks is needed, sum the wh
 TILE = 1  # needed blocks in neighbouring tiles of TILE × TILE blocks are summed in one rectangle
 RECT_CELLS = 1 << 20  # rectangles up to this many cells are summed through one int64 integral image
 PREFETCH = 0.01  # also sum blocks whose bound is this fraction below the best sum: later picks need them
+#: the fixed cost of summing one more rectangle, in map cells' worth of summing (about 50 µs against 5 ns
+#: a cell): many small groups are summed as their common bounding rectangle when that is cheaper, and once
+#: the rectangles summed would cost more than summing the whole map, the whole map is summed instead
+RECT_COST = 10_000
 
 
 def fixed_point_exponent(amax: float, width: int, wh: int, ww: int) -> int:
@@ -136,6 +143,7 @@ class WindowSearch:
         self.rowmax = np.full(self.nbh, -np.inf)  # the best of each row of blocks
         self.dead = np.zeros((self.nbh, self.nbw), bool)  # every origin of the block suppressed
         self.rounds = 0  # rectangles summed so far
+        self.spent = 0  # their cost (:meth:`_cost`)
         self.level = np.inf  # every block whose bound reaches this level is in ``candidates``
         self.candidates = np.zeros(0, np.int64)  # flat indices of origin blocks
         if self.nbh * self.nbw <= SMALL_BLOCKS:
@@ -254,16 +262,28 @@ class WindowSearch:
             labels = np.repeat(np.repeat(labels, t, axis=0), t, axis=1)[:nh, :nw] * need
         else:
             labels, _ = ndi.label(need, _EIGHT)
-        for found in ndi.find_objects(labels):
-            if found is not None:
-                self._compute_rect(r0 + found[0].start, r0 + found[0].stop, c0 + found[1].start,
-                                   c0 + found[1].stop)
+        groups = [found for found in ndi.find_objects(labels) if found is not None]
+        separate = sum(self._cost(g[0].stop - g[0].start, g[1].stop - g[1].start) for g in groups)
+        joined = self._cost(nh, nw)
+        if len(groups) > 1 and joined < separate:  # one rectangle is cheaper
+            groups, separate = [(slice(0, nh), slice(0, nw))], joined
+        if self.spent + separate > self._cost(self.nbh, self.nbw):  # past the cost of the whole map
+            self._compute_all()
+            return
+        for found in groups:
+            self._compute_rect(r0 + found[0].start, r0 + found[0].stop, c0 + found[1].start, c0 + found[1].stop)
+
+    def _cost(self, blocks_high: int, blocks_wide: int) -> int:
+        """What summing a rectangle of origin blocks costs: the map cells it reads (its origins and the
+        window's reach past them) plus :data:`RECT_COST`."""
+        return ((blocks_high * BLOCK + self.wh - 1) * (blocks_wide * BLOCK + self.ww - 1)) + RECT_COST
 
     def _compute_rect(self, bi0: int, bi1: int, bj0: int, bj1: int) -> None:
         """Exact sums of the origin blocks ``bi0 .. bi1-1 × bj0 .. bj1-1``, kept as one :class:`ExactSums`
         that owns these blocks from now on."""
         b = BLOCK
         self.rounds += 1
+        self.spent += self._cost(bi1 - bi0, bj1 - bj0)
         oy0, oy1 = bi0 * b, min(bi1 * b, self.oh)
         ox0, ox1 = bj0 * b, min(bj1 * b, self.ow)
         sub = self.m[oy0:oy1 + self.wh - 1, ox0:ox1 + self.ww - 1]
@@ -285,8 +305,7 @@ class WindowSearch:
             r = self.exact[k]
             i0, i1, j0, j1 = max(bi0, r.bi0), min(bi1, r.bi1), max(bj0, r.bj0), min(bj1, r.bj1)
             sub = r.sums[(i0 - r.bi0) * b:(i1 - r.bi0) * b, (j0 - r.bj0) * b:(j1 - r.bj0) * b]
-            best = np.maximum.reduceat(np.maximum.reduceat(sub, np.arange(0, len(sub), b), axis=0),
-                                       np.arange(0, sub.shape[1], b), axis=1)
+            best = block_maxima(sub, b)
             mine = owner[i0 - bi0:i1 - bi0, j0 - bj0:j1 - bj0] == k
             here = self.blockmax[i0:i1, j0:j1]
             here[mine] = best[mine]

@@ -169,8 +169,8 @@ def test_picks_equal_the_oracle_on_large_maps_where_the_bounds_prune(kind):
         m = random_map(rng, kind, h, w)
         labeled = random_labeled(rng, h, w) + [(w - 10.5, h - 10.5, 30, 30)]
         assert select_standard(m, size, n, labeled) == oracle_select(m, size, n, labeled), (h, w, size, n)
-    if kind == "smooth":  # the bounds prune: most windows are never summed
-        search = StandardSearch(m, 64, expected=5)
+    if kind == "smooth":  # the bounds prune: most windows of a large map are never summed
+        search = StandardSearch(random_map(rng, kind, 1200, 1300), 64, expected=5)
         assert len([search.take() for _ in range(5)]) == 5
         assert search.search.done.mean() < 0.5
 
@@ -258,3 +258,19 @@ def test_select_on_maps_equals_one_selector_call_per_pick(embedded_cohort, class
             want = oracle_select_on_maps(slide, maps, n, size, labeled, "test")
             assert [(p.box, p.cls) for p in got] == [(p.box, p.cls) for p in want]
             assert np.allclose([p.score for p in got], [p.score for p in want])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_search_never_sums_much_more_than_the_whole_map(kind):
+    """Many small rectangles cost more than one pass over the map (a fixed cost each, and the window's reach
+    past them read again): once the rectangles would cost more than the whole map, the whole map is summed,
+    so no map costs more than about two plain passes."""
+    rng = np.random.default_rng(200 + KINDS.index(kind))
+    for h, w, size, n in [(900, 1000, 37, 8), (700, 800, 64, 5)]:
+        m = random_map(rng, kind, h, w)
+        search = StandardSearch(m, size, expected=n)
+        picks = [search.take() for _ in range(n)]
+        assert [p for p in picks if p is not None] == oracle_select(m, size, n, []), (h, w, size, n)
+        inner = search.search
+        if not inner.nothing:
+            assert inner.spent <= 2 * inner._cost(inner.nbh, inner.nbw)

@@ -106,6 +106,10 @@ class EmbeddingStore(_SlideGridMixin):
         fmap[self.coords[:, 0], self.coords[:, 1]] = self.features
         return fmap, self.embedded_mask()
 
+    def read_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Feature rows ``rows`` (any order, repeats allowed) in the stored dtype."""
+        return self.features[np.asarray(rows, np.int64).reshape(-1)]
+
     @classmethod
     def load(cls, path: str | os.PathLike) -> EmbeddingStore:
         """The whole store in memory (:class:`StoreHeader` keeps the features on disk)."""
@@ -114,6 +118,13 @@ class EmbeddingStore(_SlideGridMixin):
             header = StoreHeader.from_file(path, f)
             features = f["features"][()]
         return cls(path, header.coords, features, header.attrs, header.tissue_fraction)
+
+
+#: :meth:`StoreHeader.read_rows`: rows closer than this are read in one go (rows of one grid row of a
+#: region are consecutive; a region's grid rows lie a slide row apart)
+ROW_GAP = 64
+#: :meth:`StoreHeader.read_rows`: no single read spans more rows than this
+ROW_CHUNK = 16384
 
 
 @dataclass(frozen=True)
@@ -164,6 +175,35 @@ class StoreHeader(_SlideGridMixin):
         if len(coords) and (coords.min() < 0 or (coords.max(axis=0) >= np.array(grid.shape)).any()):
             raise StoreError(f"{path}: coords outside the {grid.shape[0]} x {grid.shape[1]} grid")
         return header
+
+    def read_rows(self, rows: np.ndarray, gap: int = ROW_GAP, chunk: int = ROW_CHUNK) -> np.ndarray:
+        """Feature rows ``rows`` (any order, repeats allowed) in the stored dtype, read from disk.
+
+        Only the rows asked for are read, as runs of consecutive rows (runs less than ``gap`` rows apart
+        are read as one, and no read spans more than ``chunk`` rows), so a few labeled regions of a large
+        store cost their own rows, not the store: memory is the output plus one read.
+        """
+        rows = np.asarray(rows, np.int64).reshape(-1)
+        out = np.empty((len(rows), self.dim), self.dtype)
+        if len(rows) == 0:
+            return out
+        if rows.min() < 0 or rows.max() >= self.n:
+            raise IndexError(f"{self.path}: feature rows must lie in [0, {self.n}), got {rows.min()} .. {rows.max()}")
+        order = np.argsort(rows, kind="stable")
+        wanted = rows[order]
+        # reads: [first, last] row pairs, split where rows are far apart or a read grows past ``chunk``
+        cuts = np.flatnonzero(np.diff(wanted) >= max(int(gap), 1)) + 1
+        firsts, lasts = np.r_[0, cuts], np.r_[cuts, len(wanted)] - 1
+        with h5py.File(self.path, "r") as f:
+            dset = f["features"]
+            for a, z in zip(firsts.tolist(), lasts.tolist()):
+                while a <= z:
+                    lo = int(wanted[a])
+                    b = min(int(np.searchsorted(wanted, lo + max(int(chunk), 1), side="left")) - 1, z)
+                    block = dset[lo:int(wanted[b]) + 1]
+                    out[order[a:b + 1]] = block[wanted[a:b + 1] - lo]
+                    a = b + 1
+        return out
 
     def feature_chunks(self, chunk: int) -> Iterator[tuple[int, np.ndarray]]:
         """``(start, rows)`` for consecutive blocks of at most ``chunk`` feature rows, read from disk.

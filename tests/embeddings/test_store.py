@@ -64,3 +64,27 @@ def test_expand_slide_paths(tmp_path):
         expand_slide_paths([str(tmp_path / "*.ndpi")])
     with pytest.raises(SlideError, match="no such slide-list file"):
         expand_slide_paths([str(tmp_path / "missing.txt")])
+
+
+def test_header_reads_exactly_the_rows_asked_for(tmp_path):
+    """StoreHeader.read_rows equals indexing the loaded features, for rows in any order with repeats,
+    runs split by gaps and by the read-size limit, and a read touching only the rows it needs."""
+    from alkit.embeddings.store import StoreHeader
+
+    rng = np.random.default_rng(0)
+    n, dim = 5000, 7
+    coords = np.stack(np.divmod(np.arange(n), 100), axis=1)
+    feats = rng.standard_normal((n, dim)).astype(np.float16)
+    path = write_store(tmp_path / "s.h5", coords, feats, {**ATTRS, "slide_dimensions": [6400, 3200]})
+    header = StoreHeader.load(path)
+    cases = [rng.integers(0, n, 300), np.arange(n)[::-1], np.array([n - 1, 0, 0, n - 1]),
+             np.r_[np.arange(10, 40), np.arange(4000, 4100)], np.zeros(0, np.int64)]
+    for rows in cases:
+        for gap, chunk in [(64, 16384), (1, 1), (2, 7), (10_000, 50)]:
+            got = header.read_rows(rows, gap=gap, chunk=chunk)
+            assert got.dtype == np.float16 and got.shape == (len(rows), dim)
+            np.testing.assert_array_equal(got, feats[rows])
+    np.testing.assert_array_equal(EmbeddingStore.load(path).read_rows(cases[0]), feats[cases[0]])
+    for bad in ([n], [-1]):
+        with pytest.raises(IndexError, match="s.h5"):
+            header.read_rows(np.array(bad))

@@ -68,7 +68,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from alkit.embeddings.encoders import get_encoder
-from alkit.embeddings.store import EmbeddingStore
+from alkit.embeddings.store import EmbeddingStore, StoreHeader
 from alkit.tasks.segmentation.dataset import PatchLabelDataset, default_augmentation, slide_reader
 from alkit.tasks.segmentation.examples import ExamplePool, LabeledCells, gather_examples
 from alkit.tasks.segmentation.network import N_CLASSES, PatchClassifierNet
@@ -142,9 +142,11 @@ class PatchClassifierModel:
         n_train = int(train.sum())
         sampler = BalancedSampler(pool.labels[train], max(n_train, self.batch_size), self.seed,
                                   with_seeds=self.mode == "finetune")
+        # frozen mode: the labeled rows only, read once from each store (never a whole store in memory)
+        feats = pool.features(stores) if self.mode == "frozen" else None
         with rng_scope(self.seed), quiet(not self.progress):
-            model = self._new_model(stores, pool, train)
-            train_set, val_set = self._datasets(examples, stores, pool, train, val)
+            model = self._new_model(pool, train, feats)
+            train_set, val_set = self._datasets(examples, stores, pool, train, val, feats)
             loader_kw = {"batch_size": self.batch_size, "num_workers": self.num_workers,
                          "persistent_workers": False, "pin_memory": self._device().type == "cuda"}
             train_loader = DataLoader(train_set, sampler=sampler, **loader_kw)
@@ -181,7 +183,7 @@ class PatchClassifierModel:
         return dict(self.summary)
 
     @staticmethod
-    def _check_stores(stores: Sequence[EmbeddingStore]) -> dict:
+    def _check_stores(stores: Sequence[EmbeddingStore | StoreHeader]) -> dict:
         """The common encoder / grid key of the stores (one model needs one of each)."""
         keys = [_store_key(s) for s in stores]
         if not keys:
@@ -192,10 +194,9 @@ class PatchClassifierModel:
                                  "one model needs one encoder and grid")
         return keys[0]
 
-    def _new_model(self, stores: Sequence[EmbeddingStore], pool: ExamplePool,
-                   train: np.ndarray) -> PatchClassifierNet:
-        if self.mode == "frozen":
-            feats = pool.features(stores)[train]
+    def _new_model(self, pool: ExamplePool, train: np.ndarray, feats: np.ndarray | None) -> PatchClassifierNet:
+        if feats is not None:  # frozen mode
+            feats = feats[train]
             model = PatchClassifierNet(feats.shape[1], self.hidden, self.dropout, self.lr, self.weight_decay)
             model.feature_mean.copy_(torch.from_numpy(feats.mean(axis=0)))
             model.feature_std.copy_(torch.from_numpy(np.maximum(feats.std(axis=0), 1e-6)))
@@ -213,11 +214,12 @@ class PatchClassifierModel:
             backbone.load_state_dict(self._backbone_init)
         return backbone
 
-    def _datasets(self, examples: Sequence[LabeledCells], stores: Sequence[EmbeddingStore], pool: ExamplePool,
-                  train: np.ndarray, val: np.ndarray) -> tuple[Dataset, Dataset | None]:
+    def _datasets(self, examples: Sequence[LabeledCells], stores: Sequence[EmbeddingStore | StoreHeader],
+                  pool: ExamplePool, train: np.ndarray, val: np.ndarray,
+                  feats: np.ndarray | None) -> tuple[Dataset, Dataset | None]:
         """Training and held-out datasets: cached features (frozen) or patches read from the slides."""
-        if self.mode == "frozen":
-            feats, labels = torch.from_numpy(pool.features(stores)), torch.from_numpy(pool.labels)
+        if feats is not None:  # frozen mode
+            feats, labels = torch.from_numpy(feats), torch.from_numpy(pool.labels)
             tr, va = torch.from_numpy(train), torch.from_numpy(val)
             return TensorDataset(feats[tr], labels[tr]), (TensorDataset(feats[va], labels[va]) if val.any() else None)
         readers = [slide_reader(store, ex.slide_path, ex.cells) for ex, store in zip(examples, stores)]
@@ -293,7 +295,7 @@ class PatchClassifierModel:
         return out
 
 
-def _store_key(store: EmbeddingStore) -> dict:
+def _store_key(store: EmbeddingStore | StoreHeader) -> dict:
     """What one model needs to be common to every store it trains on or scores: encoder and grid."""
     a = store.attrs
     return {k: a.get(k) for k in ("encoder", "weights_id", "dim", "mpp", "patch", "stride")}

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from alkit.embeddings.embed import PatchDataset
-from alkit.embeddings.store import EmbeddingStore
+from alkit.embeddings.store import EmbeddingStore, StoreHeader
 
 
 def default_augmentation():
@@ -58,7 +58,7 @@ class PatchLabelDataset(Dataset):
         return image, torch.tensor(label, dtype=torch.int64)
 
 
-def slide_reader(store: EmbeddingStore, slide_path: str | os.PathLike | None, cells: np.ndarray) -> PatchDataset:
+def slide_reader(store: EmbeddingStore | StoreHeader, slide_path: str | os.PathLike | None, cells: np.ndarray) -> PatchDataset:
     """A patch reader over ``cells`` of the store's slide, at the store's grid (mpp, patch size)."""
     path = Path(slide_path or store.attrs.get("slide_path", ""))
     if not path.is_file():

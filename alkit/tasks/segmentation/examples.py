@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from alkit.embeddings.store import EmbeddingStore
+from alkit.embeddings.store import EmbeddingStore, StoreHeader
 
 
 @dataclass
@@ -39,8 +39,9 @@ class LabeledCells:
             raise ValueError(f"{self.slide_id}: labels must be 0 (normal) or 1 (tumour)")
         self.labels = self.labels.astype(np.int64)
 
-    def load_store(self) -> EmbeddingStore:
-        return self.store if self.store is not None else EmbeddingStore.load(self.store_path)
+    def load_store(self) -> EmbeddingStore | StoreHeader:
+        """The store given, else the store's header: its features stay on disk until rows are read."""
+        return self.store if self.store is not None else StoreHeader.load(self.store_path)
 
 
 @dataclass
@@ -55,12 +56,14 @@ class ExamplePool:
     dropped: int  # labeled cells without an embedding
     held_out: np.ndarray | None = None  # (n,) bool: from a held-out (validation-slide) example
 
-    def features(self, stores: Sequence[EmbeddingStore]) -> np.ndarray:
-        """``(n, dim)`` float32: each example's cached feature row, from the store of its group."""
+    def features(self, stores: Sequence[EmbeddingStore | StoreHeader]) -> np.ndarray:
+        """``(n, dim)`` float32: each example's cached feature row, from the store of its group (only those
+        rows are read from a :class:`StoreHeader`)."""
         feats = np.empty((len(self.labels), stores[0].dim), np.float32)
         for g, store in enumerate(stores):
-            sel = self.group == g
-            feats[sel] = store.features[self.rows[sel]]
+            sel = np.flatnonzero(self.group == g)
+            if len(sel):
+                feats[sel] = store.read_rows(self.rows[sel])
         return feats
 
 
@@ -96,7 +99,7 @@ def gather_examples(examples: Sequence[LabeledCells], stores: Sequence[Embedding
                        cat(rows, (0,)), dropped, held_out)
 
 
-def row_index(store: EmbeddingStore) -> np.ndarray:
+def row_index(store: EmbeddingStore | StoreHeader) -> np.ndarray:
     """``(rows, cols)`` int64: each cell's row in ``store.features``, -1 where not embedded."""
     index = np.full(store.grid.shape, -1, np.int64)
     index[store.coords[:, 0], store.coords[:, 1]] = np.arange(len(store.coords))

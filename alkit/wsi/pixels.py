@@ -6,8 +6,9 @@ dropped: for a 2048² block read that is about a fifth of the read (measured in
 ``experiments/benchmarks/reader_throughput.py``). Here OpenSlide's ``openslide_read_region`` writes into
 a numpy buffer; where every pixel is opaque (alpha 255, where premultiplied and straight colours are
 the same) the RGB pixels are copied out of it channel by channel (bytes B, G, R, A on little-endian
-machines; three plain strided copies, 3x faster than one copy of the channel-reversed view). A read holding any pixel that is not fully opaque goes the public way,
-so compositing on white stays exactly that of :func:`rgba_to_rgb` over ``read_region``.
+machines; three plain strided copies, 3x faster than one copy of the channel-reversed view). A read
+holding any pixel that is not fully opaque goes the public way, so compositing on white stays exactly
+that of :func:`rgba_to_rgb` over ``read_region``.
 
 The C call is reached through openslide-python's ``lowlevel`` module, whose wrapper names are not part
 of its documented API: where they are missing (another openslide-python), every read takes the public

@@ -58,7 +58,8 @@ class PatchLabelDataset(Dataset):
         return image, torch.tensor(label, dtype=torch.int64)
 
 
-def slide_reader(store: EmbeddingStore | StoreHeader, slide_path: str | os.PathLike | None, cells: np.ndarray) -> PatchDataset:
+def slide_reader(store: EmbeddingStore | StoreHeader, slide_path: str | os.PathLike | None,
+                 cells: np.ndarray) -> PatchDataset:
     """A patch reader over ``cells`` of the store's slide, at the store's grid (mpp, patch size)."""
     path = Path(slide_path or store.attrs.get("slide_path", ""))
     if not path.is_file():

@@ -34,8 +34,17 @@ log = logging.getLogger(__name__)
 __all__ = ["MitosisOracle"]
 
 
-def _points(a: object) -> np.ndarray:
-    return np.asarray(a if a is not None else np.zeros((0, 2)), np.float64).reshape(-1, 2)
+def _points(slide: str, a: object) -> np.ndarray:
+    """``(k, 2)`` float64 points of one slide: ``None`` or empty is none, one ``(x, y)`` pair is one point;
+    any other shape (``(k, 3)`` rows with a score, say) is refused rather than silently re-paired."""
+    points = np.asarray(a if a is not None else np.zeros((0, 2)), np.float64)
+    if points.size == 0:
+        return np.zeros((0, 2))
+    if points.shape == (2,):
+        return points.reshape(1, 2)
+    if points.ndim != 2 or points.shape[1] != 2:
+        raise ValueError(f"slide {slide!r}: points must be (k, 2) x, y pairs, got shape {points.shape}")
+    return points
 
 
 class MitosisOracle:
@@ -49,8 +58,8 @@ class MitosisOracle:
 
     def __init__(self, mitoses: Mapping[str, object], hard_negatives: Mapping[str, object] | None = None,
                  *, mpp: Mpp = None) -> None:
-        self._mitoses = {k: _points(v) for k, v in mitoses.items()}
-        self._hard = {k: _points(v) for k, v in (hard_negatives or {}).items()}
+        self._mitoses = {k: _points(k, v) for k, v in mitoses.items()}
+        self._hard = {k: _points(k, v) for k, v in (hard_negatives or {}).items()}
         self._mpp = mpp
 
     # -- builders ---------------------------------------------------------------------------------
@@ -63,7 +72,8 @@ class MitosisOracle:
         point; circles and rectangles: the middle). Slides are keyed by their file name's stem
         (``01_stitched1.tif`` -> ``01_stitched1``); where one database lists several files with the
         same stem (TUPAC's ``01/25.tif``, ``02/25.tif``, ...) those slides are keyed
-        ``directory/stem``. Classes the rules of :func:`~alkit.tasks.detection.labels.mitosis_label`
+        ``directory/stem``. Annotations of slides missing from the ``Slides`` table are ignored with a
+        warning (a slide uid is no file name: keyed by it they could merge into another slide). Classes the rules of :func:`~alkit.tasks.detection.labels.mitosis_label`
         (and ``classes``) do not map are ignored with a warning.
         """
         check_classes(classes)
@@ -79,14 +89,21 @@ class MitosisOracle:
                 raise OracleError(str(exc)) from exc
             keys = _sliderunner_slide_keys(path)
             ignored: dict[str, int] = {}
+            orphans = 0
             labels = {name: mitosis_label(name, classes) for name in {r.cls for r in records}}
             for r in records:
                 label = labels[r.cls]
                 if label is None:
                     ignored[str(r.cls)] = ignored.get(str(r.cls), 0) + 1
                     continue
+                if r.uid is not None and r.uid not in keys:  # its slide is not in the Slides table
+                    orphans += 1
+                    continue
                 key = keys.get(r.uid) if r.uid is not None else None
                 found[label].setdefault(key or Path(r.slide).stem, []).append((r.x, r.y))
+            if orphans:
+                log.warning("%s: ignored %d annotations of slides missing from the Slides table (no file name "
+                            "to key them by)", path, orphans)
             if ignored:
                 log.warning("%s: ignored annotations of classes that are neither mitosis nor hard negative: %s "
                             "(map them with classes=)", path, ignored)

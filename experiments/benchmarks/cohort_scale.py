@@ -19,7 +19,7 @@ slides. Per stage it prints wall time, CPU time of the process (all threads: ste
 a machine other jobs share) and peak resident memory above the stage's start (sampled every 20 ms), and
 the extrapolation to 512-d features (stages that read features scaled by the dimension: an upper bound)
 and to the 9 × 3 × 5 grid (9 budgets × 3 strategies × 5 seeds). The stores are removed at the end
-unless ``--keep``. Measured at 1/5 and 1/10 of CAMELYON16 on the project's machine: README, "Scale".
+unless ``--keep``. Measured at full CAMELYON16 size on the project's machine: README, "Scale".
 
     nice .venv/bin/python experiments/benchmarks/cohort_scale.py [--quick] [--slides-train 270 ...]
 """

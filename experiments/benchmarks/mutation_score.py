@@ -36,7 +36,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 #: module name -> (the file mutated, that module's own test files)
 MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "selection.regions": ("alkit/selection/regions.py", ("tests/selection/test_regions.py",)),
+    "selection.regions": ("alkit/selection/regions.py", ("tests/selection/test_regions.py",
+                                                         "tests/selection/test_regions_mutants.py")),
     "selection.adaptive": ("alkit/selection/adaptive.py", ("tests/selection/test_adaptive_oracle.py",
                                                            "tests/selection/test_regions.py")),
     "prototypes.maps": ("alkit/prototypes/maps.py", ("tests/prototypes/test_maps.py",
@@ -49,7 +50,8 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
     "pool": ("alkit/al/pool.py", ("tests/al/test_pool.py", "tests/al/test_pool_cells_oracle.py")),
     "strategies.diversity": ("strategies/diversity.py", ("tests/selection/test_diversity.py",
                                                          "tests/selection/test_diversity_oracle.py",
-                                                         "tests/selection/test_diversity_nearest.py")),
+                                                         "tests/selection/test_diversity_nearest.py",
+                                                         "tests/selection/test_diversity_mutants.py")),
     "strategies.common": ("strategies/_common.py", ("tests/selection/test_common_mutants.py",
                                                     "tests/contracts/test_strategies.py")),
     "captions.search": ("alkit/captions/search.py", ("tests/captions/test_captions_search.py",

@@ -45,6 +45,14 @@ def wsi(shared_data: Path):
 
 
 @pytest.fixture(scope="session")
+def annotations(shared_data: Path):
+    """``annotations("sliderunner")``: a folder of real annotation files in ../shared/data/annotations."""
+    def folder(name: str) -> Path:
+        return shared_data / "annotations" / name
+    return folder
+
+
+@pytest.fixture(scope="session")
 def synthetic_cohort(tmp_path_factory):
     """A small synthetic cohort (4 slides of 4096 px, 2 with tumour) with its caption database."""
     from alkit.synthetic import generate_cohort

@@ -82,7 +82,7 @@ class BlockRead:
 
     def __init__(self, slide: Slide, grid: PatchGrid, cells: np.ndarray):
         self.slide, self.grid = slide, grid
-        self.cells = cells = np.asarray(cells, np.int64).reshape(-1, 2)
+        cells = np.asarray(cells, np.int64).reshape(-1, 2)
         p = grid.patch
         self.boxes = grid.cell_boxes(cells)
         if p > MAX_BLOCK_PX or len(cells) == 0:  # Slide.read chunks such patches itself

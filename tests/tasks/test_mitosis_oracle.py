@@ -19,13 +19,6 @@ from alkit.tasks.detection.oracle import MitosisOracle
 from alkit.wsi.grid import PatchGrid
 
 
-def _ann(shared: Path, sub: str) -> Path:
-    folder = shared / "annotations" / sub
-    if not folder.exists():
-        pytest.skip(f"real annotation files not found at {folder}")
-    return folder
-
-
 def _sql_counts(db: Path) -> dict[tuple[str, str], int]:
     """(slide key, class) -> records, straight from SQL: deleted excluded, records with coordinates.
     Keys follow the documented rule: file stem, or directory/stem where stems repeat."""
@@ -55,8 +48,8 @@ def _sql_counts(db: Path) -> dict[tuple[str, str], int]:
     ("SlideRunner_TUPAC.sqlite", None),
     ("SlideRunner_demo.sqlite", {"1st class": MITOSIS, "2nd class": HARD_NEGATIVE}),
 ])
-def test_sliderunner_counts_equal_plain_sql_counts(shared_data, db, classes):
-    path = _ann(shared_data, "sliderunner") / db
+def test_sliderunner_counts_equal_plain_sql_counts(annotations, db, classes):
+    path = annotations("sliderunner") / db
     oracle = MitosisOracle.from_sliderunner(path, classes=classes)
     sql = _sql_counts(path)
     want_mit: dict[str, int] = {}
@@ -103,8 +96,8 @@ def test_sliderunner_deleted_and_lookalikes(tmp_path):
         MitosisOracle.from_sliderunner(tmp_path / "absent.sqlite")
 
 
-def test_coco_counts_from_midogpp_equal_direct_json_counts(shared_data):
-    path = _ann(shared_data, "midogpp") / "MIDOGpp.json"
+def test_coco_counts_from_midogpp_equal_direct_json_counts(annotations):
+    path = annotations("midogpp") / "MIDOGpp.json"
     data = json.loads(path.read_text())
     oracle = MitosisOracle.from_coco(path)
     cats = {c["id"]: c["name"] for c in data["categories"]}

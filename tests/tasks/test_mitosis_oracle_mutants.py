@@ -22,13 +22,6 @@ from alkit.tasks.detection.oracle import MitosisOracle
 ORACLE_LOG = "alkit.tasks.detection.oracle"
 
 
-def _ann(shared: Path, sub: str) -> Path:
-    folder = shared / "annotations" / sub
-    if not folder.exists():
-        pytest.skip(f"real annotation files not found at {folder}")
-    return folder
-
-
 def _messages(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == ORACLE_LOG and r.levelno == level]
 
@@ -43,11 +36,11 @@ def _db(path: Path, slides: list[SlideRunnerSlide], files: list[str]) -> Path:
 # SlideRunner: ignored classes, slide keys
 # ------------------------------------------------------------------------------------------------
 
-def test_ignored_classes_are_counted_logged_and_do_not_stop_the_read(shared_data, caplog):
+def test_ignored_classes_are_counted_logged_and_do_not_stop_the_read(annotations, caplog):
     """SlideRunner's demo database: with only "1st class" mapped, its two records (a polygon and a
     rectangle, read as their centres) are mitoses although ignored "2nd class" records lie between them;
     the warning names the file and counts the ignored records per class."""
-    path = _ann(shared_data, "sliderunner") / "SlideRunner_demo.sqlite"
+    path = annotations("sliderunner") / "SlideRunner_demo.sqlite"
     with caplog.at_level(logging.WARNING, logger=ORACLE_LOG):
         o = MitosisOracle.from_sliderunner(path, classes={"1st class": MITOSIS})
     assert o.slides == ["9374efe6ac06388cc877"]
@@ -162,10 +155,10 @@ def test_region_report_fields():
 # COCO
 # ------------------------------------------------------------------------------------------------
 
-def test_coco_bbox_format_is_passed_on(shared_data):
+def test_coco_bbox_format_is_passed_on(annotations):
     """MIDOG++ writes corners, which ``auto`` detects; ``bbox_format="xywh"`` reads the same numbers as
     width and height instead."""
-    path = _ann(shared_data, "midogpp") / "MIDOGpp.json"
+    path = annotations("midogpp") / "MIDOGpp.json"
     data = json.loads(path.read_text())
     first = data["annotations"][0]
     stem = Path(next(im["file_name"] for im in data["images"] if im["id"] == first["image_id"])).stem

@@ -36,13 +36,6 @@ CAMELYON_MPP = 0.243
 SLIDES = ("Tumor_001", "Tumor_073", "Tumor_081")
 
 
-def _ann(shared: Path, sub: str) -> Path:
-    folder = shared / "annotations" / sub
-    if not folder.exists():
-        pytest.skip(f"real annotation files not found at {folder}")
-    return folder
-
-
 def _reference_geometry(ncrf_json: Path) -> shapely.Geometry:
     """The polygons' area the plain way: union of (made valid) positives minus union of negatives."""
     data = json.loads(ncrf_json.read_text())
@@ -70,10 +63,10 @@ def _tumour(report: RegionReport) -> float:
 # ------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def camelyon(shared_data):
-    xml = TumourOracle.from_folder(_ann(shared_data, "camelyon16_asap_xml"), mpp=CAMELYON_MPP)
-    js = TumourOracle.from_folder(_ann(shared_data, "camelyon16_ncrf_json"), "{slide}.json", mpp=CAMELYON_MPP)
-    refs = {s: _reference_geometry(shared_data / "annotations" / "camelyon16_ncrf_json" / f"{s}.json")
+def camelyon(annotations):
+    xml = TumourOracle.from_folder(annotations("camelyon16_asap_xml"), mpp=CAMELYON_MPP)
+    js = TumourOracle.from_folder(annotations("camelyon16_ncrf_json"), "{slide}.json", mpp=CAMELYON_MPP)
+    refs = {s: _reference_geometry(annotations("camelyon16_ncrf_json") / f"{s}.json")
             for s in SLIDES}
     return {"xml": xml, "json": js}, refs
 
@@ -187,8 +180,8 @@ def test_mask_ground_truth_png_and_tiff(tmp_path):
     assert TumourOracle({"a": TumourMask(mask > 0, 16)}).tumour_area_px("a") == area
 
 
-def test_missing_files_unknown_slides_and_missing_mpp(tmp_path, shared_data):
-    folder = _ann(shared_data, "camelyon16_asap_xml")
+def test_missing_files_unknown_slides_and_missing_mpp(tmp_path, annotations):
+    folder = annotations("camelyon16_asap_xml")
     with pytest.raises(OracleError, match=r"Normal_001.xml: ground-truth file of slide 'Normal_001' not found"):
         TumourOracle.from_files({"Normal_001": folder / "Normal_001.xml"})
     with pytest.raises(OracleError, match=r"no ground-truth file for slide\(s\) 'Normal_001'"):

@@ -30,13 +30,6 @@ ORACLE_LOG = "alkit.tasks.segmentation.oracle"
 GEOMETRY_LOG = "alkit.annotations.geometry"
 
 
-def _ann(shared: Path, sub: str) -> Path:
-    folder = shared / "annotations" / sub
-    if not folder.exists():
-        pytest.skip(f"real annotation files not found at {folder}")
-    return folder
-
-
 def _ncrf_parts(path: Path) -> tuple[list[Polygon], list[Polygon]]:
     """The positive and negative polygons of an NCRF file, made valid, read the plain way."""
     data = json.loads(path.read_text())
@@ -53,11 +46,11 @@ def _messages(caplog: pytest.LogCaptureFixture, logger: str, level: int) -> list
 # ------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("slide", ["Tumor_073", "Tumor_081"])
-def test_qupath_ground_truth_equals_the_asap_xml_of_the_same_slide(shared_data, tmp_path, slide):
+def test_qupath_ground_truth_equals_the_asap_xml_of_the_same_slide(annotations, tmp_path, slide):
     """CAMELYON16 polygons as QuPath annotations (class Tumour) with an exclusion (Ignore*) drawn inside,
     a stray unclassified annotation and a Tumour *detection* (neither is ground truth): the ASAP XML's
     geometry less the exclusion, read from ``.geojson`` and from a FeatureCollection saved as ``.json``."""
-    pos, _ = _ncrf_parts(_ann(shared_data, "camelyon16_ncrf_json") / f"{slide}.json")
+    pos, _ = _ncrf_parts(annotations("camelyon16_ncrf_json") / f"{slide}.json")
     x0, y0, _, _ = shapely.union_all(pos).bounds
     centre = shapely.union_all(pos).representative_point()
     hole = shapely.box(centre.x - 100, centre.y - 100, centre.x + 100, centre.y + 100)
@@ -67,7 +60,7 @@ def test_qupath_ground_truth_equals_the_asap_xml_of_the_same_slide(shared_data, 
                               object_type="detection")])
     write_qupath_geojson(tmp_path / f"{slide}.geojson", feats)
     write_qupath_geojson(tmp_path / f"{slide}.json", feats)
-    xml = TumourOracle.from_files({slide: _ann(shared_data, "camelyon16_asap_xml") / f"{slide}.xml"})
+    xml = TumourOracle.from_files({slide: annotations("camelyon16_asap_xml") / f"{slide}.xml"})
     ref = xml.geometry(slide).difference(hole)
     assert ref.area < xml.tumour_area_px(slide) - 1000  # the exclusion removes tumour
     for suffix in (".geojson", ".json"):
@@ -183,10 +176,10 @@ def test_mask_downsample_per_slide(tmp_path):
 # folders, files and sources
 # ------------------------------------------------------------------------------------------------
 
-def test_folder_scan_skips_hidden_files_and_directories(shared_data, tmp_path):
+def test_folder_scan_skips_hidden_files_and_directories(annotations, tmp_path):
     """A hidden leftover (``.Tumor_081.xml``) and a directory named like a ground-truth file are not
     ground truth; the real files are, and ``sources`` names them."""
-    src = _ann(shared_data, "camelyon16_asap_xml")
+    src = annotations("camelyon16_asap_xml")
     folder = tmp_path / "gt"
     folder.mkdir()
     (folder / "Tumor_081.xml").write_bytes((src / "Tumor_081.xml").read_bytes())
@@ -210,8 +203,8 @@ def test_a_pattern_without_exactly_one_slide_placeholder_is_refused(tmp_path):
 # reports and messages naming the slide
 # ------------------------------------------------------------------------------------------------
 
-def test_region_report_names_its_slide_and_resolution(shared_data):
-    o = TumourOracle.from_files({"Tumor_081": _ann(shared_data, "camelyon16_asap_xml") / "Tumor_081.xml"},
+def test_region_report_names_its_slide_and_resolution(annotations):
+    o = TumourOracle.from_files({"Tumor_081": annotations("camelyon16_asap_xml") / "Tumor_081.xml"},
                                 mpp=CAMELYON_MPP)
     x0, y0, x1, y1 = o.geometry("Tumor_081").bounds
     box = (x0, y0, x1 - x0, y1 - y0)
@@ -223,14 +216,14 @@ def test_region_report_names_its_slide_and_resolution(shared_data):
         o.region_report("Tumor_081", (0, 0, -5, 5))
 
 
-def test_logs_name_the_file_and_count_the_slides_with_tumour(shared_data, tmp_path, caplog):
+def test_logs_name_the_file_and_count_the_slides_with_tumour(annotations, tmp_path, caplog):
     """The load summary counts slides and those with tumour; skipped degenerate rings and ignored
     classes are logged naming the file; a slide without ground truth is logged once."""
     xml = write_asap_xml(tmp_path / "x.xml", [("a", "_0", [(0, 0), (10, 0), (10, 10)]),
                                               ("b", "_0", [(1, 1), (2, 2)]), ("c", "Stroma", [(0, 0), (5, 0), (5, 5)])])
     ncrf = write_ncrf_json(tmp_path / "n.json", [("a", [(0, 0), (10, 0), (10, 10)]), ("b", [(3, 3), (3, 3), (4, 4)])])
     geojson = write_qupath_geojson(tmp_path / "q.geojson", [QuPathFeature(shapely.box(0, 0, 5, 5), "Stroma")])
-    real = _ann(shared_data, "camelyon16_asap_xml") / "Tumor_081.xml"
+    real = annotations("camelyon16_asap_xml") / "Tumor_081.xml"
     mask = np.zeros((8, 8), np.uint8)
     mask[:2, :2] = 1
     Image.fromarray(mask).save(tmp_path / "m.png")
